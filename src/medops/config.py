@@ -1,0 +1,189 @@
+"""Typed, frozen configuration built once from params.yaml.
+
+A value written ``{smoke: a, quick: b, paper: c}`` is resolved by the top-level
+``profile`` key, so the paper's numbers live beside the laptop ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medops.errors import ConfigError
+
+PROFILES = ("smoke", "quick", "paper")
+MODALITIES = ("us", "mg", "mri")
+
+
+def _resolve(value: Any, profile: str, where: str) -> Any:
+    if isinstance(value, dict) and value and set(value) <= set(PROFILES):
+        if profile not in value:
+            raise ConfigError(where, f"no value for profile '{profile}'", f"add '{profile}:' to {where}")
+        return _resolve(value[profile], profile, where)
+    if isinstance(value, dict):
+        return {k: _resolve(v, profile, f"{where}.{k}") for k, v in value.items()}
+    return value
+
+
+def _build(cls, data: dict, where: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"params.yaml:{where}", f"unknown key(s) {sorted(unknown)}",
+                          f"use only {sorted(names)}")
+    kwargs = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        v = data[f.name]
+        if dataclasses.is_dataclass(hints[f.name]):
+            v = _build(hints[f.name], v, f"{where}.{f.name}")
+        elif isinstance(v, list):
+            v = tuple(v)
+        kwargs[f.name] = v
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"params.yaml:{where}", str(exc), "add the missing key") from exc
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    dataset: str = "breast-trimodal"
+    seed: int = 0
+    n_cases: int = 24
+    cases_per_patient_max: int = 2
+    us_size: int = 256
+    mg_size: int = 512
+    mri_size: int = 256
+    pixel_mm: float = 0.2
+    tumour_diameter_mm: tuple[float, float] = (6.0, 22.0)
+    mri_max_rotation_deg: float = 6.0
+    mri_max_shift_px: float = 8.0
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    seed: int = 0
+    fractions: dict = field(default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15})
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    max_mask_fraction: float = 0.5
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    image_size: int = 64
+    us_median_kernel: int = 5
+    mg_clahe_clip: float = 0.01
+    mg_clahe_kernel: int = 32
+    registration_iterations: int = 40
+    registration_shrink: tuple[int, ...] = (4, 2, 1)
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    modalities: tuple[str, ...] = MODALITIES
+    fusion: str = "attention"
+    channels: tuple[int, ...] = (8, 16, 32)
+    residual_subunits: int = 2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    optimizer: str = "adam"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    batch_size: int = 8
+    epochs: int = 3
+    loss: str = "dice_bce"
+    dice_weight: float = 1.0
+    bce_weight: float = 1.0
+    scheduler: str = "cosine"
+    seed: int = 0
+    num_workers: int = 0
+    amp: bool = True
+    monitor: str = "val_dice"
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    threshold: float = 0.5
+    baseline: str = "otsu"
+
+
+@dataclass(frozen=True)
+class FamilyConfig:
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    experiment_prefix: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    profile: str
+    generate: GenerateConfig
+    split: SplitConfig
+    validate: ValidateConfig
+    preprocess: PreprocessConfig
+    families: dict[str, FamilyConfig]
+    tracking: TrackingConfig
+    raw: dict  # the resolved params, logged whole to MLflow
+
+    def family(self, name: str) -> FamilyConfig:
+        if name not in self.families:
+            raise ConfigError(f"family '{name}'", "not configured in params.yaml",
+                              f"use one of {sorted(self.families)} or add a '{name}:' section")
+        return self.families[name]
+
+
+FAMILY_KEYS = ("fusion_seg",)
+
+
+def load_config(path: str | Path = "params.yaml", profile: str | None = None) -> Config:
+    """Read params.yaml once and build the frozen, profile-resolved config."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(str(path), "parameters file not found", "run from the project root or pass --params")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), f"not valid YAML ({exc})", "fix the YAML syntax") from exc
+    profile = profile or data.get("profile", "quick")
+    if profile not in PROFILES:
+        raise ConfigError(f"{path}:profile", f"unknown profile '{profile}'", f"use one of {PROFILES}")
+    resolved = {k: _resolve(v, profile, k) for k, v in data.items() if k != "profile"}
+    resolved["profile"] = profile
+    families = {
+        k: _build(FamilyConfig, resolved[k], k) for k in FAMILY_KEYS if k in resolved
+    }
+    for fam in families.values():
+        bad = set(fam.model.modalities) - set(MODALITIES)
+        if bad or not fam.model.modalities:
+            raise ConfigError("params.yaml:fusion_seg.model.modalities", f"unknown modality {sorted(bad)}",
+                              f"choose a non-empty subset of {MODALITIES}")
+    return Config(
+        profile=profile,
+        generate=_build(GenerateConfig, resolved.get("generate", {}), "generate"),
+        split=_build(SplitConfig, resolved.get("split", {}), "split"),
+        validate=_build(ValidateConfig, resolved.get("validate", {}), "validate"),
+        preprocess=_build(PreprocessConfig, resolved.get("preprocess", {}), "preprocess"),
+        families=families,
+        tracking=_build(TrackingConfig, resolved.get("tracking", {}), "tracking"),
+        raw=resolved,
+    )

@@ -1,0 +1,1 @@
+"""Datasets: simulators, readers, manifests and splits."""

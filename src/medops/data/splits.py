@@ -1,0 +1,41 @@
+"""Patient-level, seeded train/val/test splits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def patient_split(patient_ids, fractions: dict[str, float], seed: int) -> dict[str, str]:
+    """Assign every patient to exactly one split.
+
+    Patients are shuffled with ``seed`` and cut by ``fractions`` (normalised);
+    every split with a positive fraction gets at least one patient when there
+    are enough patients.
+    """
+    patients = np.array(sorted(set(patient_ids)))
+    rng = np.random.default_rng(seed)
+    rng.shuffle(patients)
+    names = list(fractions)
+    frac = np.array([fractions[n] for n in names], dtype=float)
+    frac = frac / frac.sum()
+    counts = np.floor(frac * len(patients)).astype(int)
+    for i in np.argsort(-frac):  # hand out the remainder, then guarantee non-empty splits
+        if counts.sum() >= len(patients):
+            break
+        counts[i] += 1
+    for i, f in enumerate(frac):
+        if f > 0 and counts[i] == 0 and counts.max() > 1:
+            counts[int(np.argmax(counts))] -= 1
+            counts[i] += 1
+    out, start = {}, 0
+    for name, c in zip(names, counts):
+        for p in patients[start:start + c]:
+            out[str(p)] = name
+        start += c
+    return out
+
+
+def apply_split(manifest: pd.DataFrame, fractions: dict[str, float], seed: int) -> pd.DataFrame:
+    mapping = patient_split(manifest["patient_id"], fractions, seed)
+    return manifest.assign(split=manifest["patient_id"].map(mapping))
