@@ -1,0 +1,158 @@
+"""The medops command line: the one entry point every orchestrator calls."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from medops.errors import MedopsError, ValidationFailed
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="medops: versioned imaging data -> validated, tracked, evaluated models.")
+_state: dict = {"params": Path("params.yaml")}
+
+
+def _cfg():
+    from medops.config import load_config
+
+    if "cfg" not in _state:
+        _state["cfg"] = load_config(_state["params"])
+    return _state["cfg"]
+
+
+def _fail(exc: Exception, code: int = 2):
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(code)
+
+
+@app.callback()
+def main(params: Path = typer.Option(Path("params.yaml"), "--params", help="parameters file")):
+    _state["params"] = params
+    _state.pop("cfg", None)
+
+
+@app.command()
+def generate(dataset: str = typer.Argument(..., help="dataset to simulate, e.g. breast-trimodal"),
+             out: Optional[Path] = typer.Option(None, help="output folder (default data/raw/<dataset>)"),
+             force: bool = typer.Option(False, help="replace an existing dataset folder")):
+    """Simulate a dataset: images, manifest.parquet (patient-level split), truth, contact sheet."""
+    from medops import stages
+
+    try:
+        man = stages.generate(_cfg(), dataset, out or stages.data_dir(dataset), force=force)
+    except MedopsError as exc:
+        _fail(exc)
+    typer.echo(f"generated {man.case_id.nunique()} cases ({len(man)} images) "
+               f"split {man.drop_duplicates('case_id').split.value_counts().to_dict()}")
+
+
+@app.command()
+def validate(dataset: str = typer.Option("breast-trimodal", help="dataset name"),
+             data: Optional[Path] = typer.Option(None, help="data root (default data/raw/<dataset>)"),
+             report: Optional[Path] = typer.Option(None, help="report folder (default reports/validation/<dataset>)")):
+    """Validation gate (Great Expectations): non-zero exit and one line per failure."""
+    from medops import stages
+    from medops.validation import validate_dataset
+
+    try:
+        s = validate_dataset(data or stages.data_dir(dataset), _cfg().validate, report or stages.validation_dir(dataset))
+    except ValidationFailed as exc:
+        for line in exc.lines:
+            typer.echo(f"FAILED {line}", err=True)
+        typer.echo(f"validation failed: {len(exc.lines)} failure(s); Data Docs: {exc.report}", err=True)
+        raise typer.Exit(1)
+    except MedopsError as exc:
+        _fail(exc, 1)
+    typer.echo(f"validation passed: {s['n_cases']} cases, {s['n_images']} images; Data Docs: {s['data_docs']}")
+
+
+@app.command()
+def preprocess(dataset: str = typer.Option("breast-trimodal", help="dataset name")):
+    """Paper Table 2 preprocessing into content-addressed shards (validated data only)."""
+    from medops import stages
+    from medops.preprocess import preprocess_dataset
+    from medops.validation import require_passed
+
+    try:
+        require_passed(stages.data_dir(dataset), stages.validation_dir(dataset))
+        idx = preprocess_dataset(stages.data_dir(dataset), stages.preprocessed_dir(dataset), _cfg().preprocess)
+    except MedopsError as exc:
+        _fail(exc)
+    stats = json.loads((stages.preprocessed_dir(dataset) / "preprocess.json").read_text())
+    msg = f"preprocessed {len(idx)} cases ({stats['computed']} computed, {stats['cached']} from cache)"
+    if "reg_error_after_px" in stats:
+        msg += (f"; MRI->US registration error {stats['reg_error_before_px']:.2f} px -> "
+                f"{stats['reg_error_after_px']:.2f} px (mean)")
+    typer.echo(msg)
+
+
+@app.command()
+def train(family: str = typer.Argument(..., help="model family, e.g. fusion_seg"),
+          resume: bool = typer.Option(False, "--resume", help="continue from models/<family>/last.pt")):
+    """Train a family with the shared engine; logs to MLflow."""
+    from medops import stages
+
+    try:
+        info = stages.train(_cfg(), family, resume=resume, progress=sys.stderr.isatty() or True)
+    except MedopsError as exc:
+        _fail(exc)
+    typer.echo(f"trained {family}: MLflow run {info['run_id']}")
+
+
+@app.command()
+def evaluate(family: str = typer.Argument(..., help="model family, e.g. fusion_seg")):
+    """Evaluate on the test split: metrics, per-case CSV, predicted masks, figures, baseline."""
+    from medops import stages
+    from medops.evaluation.segmentation import format_table
+    from medops.tracking import ui_command
+
+    try:
+        m = stages.evaluate(_cfg(), family)
+    except MedopsError as exc:
+        _fail(exc)
+    typer.echo(f"test set ({m['n_test_cases']} cases, profile {_cfg().profile}):")
+    typer.echo(format_table(m))
+    typer.echo(f"outputs: {stages.report_dir(family)}/ (metrics.json, per_case.csv, predictions/, figures/)")
+    typer.echo(f"MLflow UI: {ui_command('.', m['run'])}")
+
+
+@app.command()
+def show(family: str = typer.Argument(..., help="model family, e.g. fusion_seg")):
+    """Print the last evaluation's test table and the command that opens its MLflow run."""
+    from medops import stages
+    from medops.evaluation.segmentation import format_table
+    from medops.tracking import ui_command
+
+    mpath = stages.report_dir(family) / "metrics.json"
+    if not mpath.exists():
+        _fail(MedopsError(str(mpath), "evaluated: no metrics yet", f"run `dvc repro` or `medops evaluate {family}`"))
+    m = json.loads(mpath.read_text())
+    run = json.loads((stages.model_dir(family) / "run.json").read_text())
+    typer.echo(f"test set ({m['n_test_cases']} cases, profile {_cfg().profile}):")
+    typer.echo(format_table(m))
+    typer.echo(f"MLflow UI: {ui_command('.', run)}")
+
+
+@app.command()
+def profile(name: str = typer.Argument(..., help="smoke | quick | paper")):
+    """Switch the active profile in params.yaml (then run `dvc repro`)."""
+    from medops.config import PROFILES
+
+    if name not in PROFILES:
+        _fail(MedopsError(f"profile '{name}'", "unknown profile", f"use one of {list(PROFILES)}"))
+    p = _state["params"]
+    text = p.read_text()
+    new, n = re.subn(r"(?m)^profile:\s*\S+", f"profile: {name}", text, count=1)
+    if n == 0:
+        new = f"profile: {name}\n" + text
+    p.write_text(new)
+    typer.echo(f"profile set to {name} in {p}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,218 @@
+"""The medops trainer: one loop, family behaviour in hooks (after nnU-Net's trainer).
+
+A family supplies a :class:`TaskModule` (``train_step``, ``validation_step``,
+``validation_epoch_end``, ``configure_optimizers``, ``epoch_extras``); the
+trainer owns the loop: device choice (CUDA + AMP when present), seeding, a
+per-epoch seeded data order, a progress bar, per-epoch metrics to a logger,
+the best checkpoint on the monitored metric, and ``last.pt`` with the full
+state (model, optimiser, scheduler, grad scaler, RNG, epoch, history) so a
+killed run resumed with ``resume=True`` ends exactly where an uninterrupted
+run would (on CPU). Checkpoints load with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+from tqdm import tqdm
+
+from medops.config import TrainConfig
+from medops.errors import ConfigError
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Logger(Protocol):
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+
+
+class TaskModule(nn.Module):
+    """Hooks a family implements. ``self.net`` is the model that gets checkpointed."""
+
+    monitor: str = "val_loss"
+    monitor_mode: str = "min"
+
+    def __init__(self, net: nn.Module, cfg: TrainConfig):
+        super().__init__()
+        self.net, self.cfg = net, cfg
+
+    def configure_optimizers(self):
+        cfg = self.cfg
+        if cfg.optimizer == "adam":
+            opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        elif cfg.optimizer == "sgd":
+            opt = torch.optim.SGD(self.net.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+        else:
+            raise ConfigError("train.optimizer", f"unknown optimizer '{cfg.optimizer}'", "use 'adam' or 'sgd'")
+        if cfg.scheduler == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
+        elif cfg.scheduler in ("none", None):
+            sched = None
+        else:
+            raise ConfigError("train.scheduler", f"unknown scheduler '{cfg.scheduler}'", "use 'cosine' or 'none'")
+        return opt, sched
+
+    def train_step(self, batch) -> torch.Tensor:  # returns the loss
+        raise NotImplementedError
+
+    def validation_step(self, batch) -> dict:
+        raise NotImplementedError
+
+    def validation_epoch_end(self, outputs: list[dict]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def epoch_extras(self) -> dict[str, float]:
+        """Extra per-epoch metrics (e.g. attention weights)."""
+        return {}
+
+
+def _rng_state() -> dict:
+    st = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+          "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64))}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict) -> None:
+    torch.set_rng_state(st["torch"])
+    random.setstate((3, tuple(st["python"]), None))
+    np.random.set_state(("MT19937", st["numpy"].numpy().astype(np.uint32), 624, 0, 0.0))
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+class Trainer:
+    """Fit a :class:`TaskModule` on datasets; checkpoints under ``out_dir``."""
+
+    def __init__(self, task: TaskModule, cfg: TrainConfig, out_dir: str | Path, *, logger: Logger | None = None,
+                 progress: bool = True, device: torch.device | None = None,
+                 callbacks: list[Callable[[str, dict], None]] | None = None):
+        self.task, self.cfg, self.out = task, cfg, Path(out_dir)
+        self.logger, self.progress = logger, progress
+        self.device = device or pick_device()
+        self.amp = bool(cfg.amp and self.device.type == "cuda")
+        self.callbacks = callbacks or []
+        self.history: list[dict] = []
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    # -- data
+    def _loader(self, ds: Dataset, epoch: int | None) -> DataLoader:
+        kw = dict(batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers,
+                  pin_memory=self.device.type == "cuda")
+        if epoch is None:
+            return DataLoader(ds, shuffle=False, **kw)
+        g = torch.Generator()
+        g.manual_seed(self.cfg.seed * 100_003 + epoch)  # data order depends on (seed, epoch) only
+        return DataLoader(ds, sampler=RandomSampler(ds, generator=g), drop_last=len(ds) > self.cfg.batch_size, **kw)
+
+    def _emit(self, event: str, info: dict) -> None:
+        for cb in self.callbacks:
+            cb(event, info)
+
+    def _better(self, value: float, best: float | None) -> bool:
+        if best is None:
+            return True
+        return value > best if self.task.monitor_mode == "max" else value < best
+
+    def fit(self, train_ds: Dataset, val_ds: Dataset, *, resume: bool = False) -> list[dict]:
+        task, cfg = self.task.to(self.device), self.cfg
+        seed_everything(cfg.seed)
+        opt, sched = task.configure_optimizers()
+        scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        start, best = 0, None
+        last = self.out / "last.pt"
+        if resume and last.exists():
+            ck = load_checkpoint(last, map_location=self.device)
+            task.net.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            if sched is not None and ck.get("scheduler"):
+                sched.load_state_dict(ck["scheduler"])
+            scaler.load_state_dict(ck["scaler"])
+            _set_rng_state(ck["rng"])
+            start, best = ck["epoch"], ck["best"]
+            self.history = json.loads(ck["history"])
+            self._emit("resumed", {"epoch": start})
+        elif not resume:
+            for stale in ("last.pt", "best.pt"):
+                (self.out / stale).unlink(missing_ok=True)
+        for epoch in range(start, cfg.epochs):
+            t0 = time.perf_counter()
+            task.train()
+            loader = self._loader(train_ds, epoch)
+            total, n = torch.zeros((), device=self.device), 0
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress, leave=False)
+            for step, batch in enumerate(bar):
+                batch = [b.to(self.device, non_blocking=True) if torch.is_tensor(b) else b for b in batch]
+                with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                    loss = task.train_step(batch)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}, step {step}")
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                total += loss.detach()
+                n += 1
+                self._emit("train_batch_end", {"epoch": epoch, "step": step})
+            if sched is not None:
+                sched.step()
+            train_loss = float(total) / max(n, 1)
+            val = self.validate(val_ds)
+            rec = {"epoch": epoch + 1, "train_loss": train_loss, **val, **task.epoch_extras(),
+                   "lr": opt.param_groups[0]["lr"], "epoch_time_s": time.perf_counter() - t0}
+            self.history.append(rec)
+            metric = rec[task.monitor]
+            if self._better(metric, best):
+                best = metric
+                _atomic_save({"model": task.net.state_dict(), "epoch": epoch + 1, task.monitor: metric},
+                             self.out / "best.pt")
+            _atomic_save({"model": task.net.state_dict(), "optimizer": opt.state_dict(),
+                          "scheduler": sched.state_dict() if sched is not None else {},
+                          "scaler": scaler.state_dict(), "rng": _rng_state(), "epoch": epoch + 1, "best": best,
+                          "history": json.dumps(self.history), "config": json.dumps(asdict(cfg))}, last)
+            if self.logger is not None:
+                self.logger.log_metrics({k: v for k, v in rec.items() if k != "epoch"}, step=epoch + 1)
+            if self.progress:
+                tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  train_loss {train_loss:.4f}  "
+                           f"val_loss {rec.get('val_loss', float('nan')):.4f}  {task.monitor} {metric:.4f}")
+            self._emit("epoch_end", rec)
+        return self.history
+
+    @torch.no_grad()
+    def validate(self, ds: Dataset) -> dict[str, float]:
+        self.task.eval()
+        outs = []
+        for batch in self._loader(ds, None):
+            batch = [b.to(self.device) if torch.is_tensor(b) else b for b in batch]
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                outs.append(self.task.validation_step(batch))
+        return self.task.validation_epoch_end(outs)

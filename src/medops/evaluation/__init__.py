@@ -1,0 +1,1 @@
+"""Test-set evaluation: per-case metrics, predictions, figures, classical baseline."""

@@ -1,0 +1,4 @@
+"""Model registry: families are registered by name (see registry.py)."""
+
+from medops.models.registry import get_model, list_models, register_model  # noqa: F401
+from medops.models import fusion_seg as _fusion_seg  # noqa: F401  (registers "fusion_seg")

@@ -1,0 +1,3 @@
+"""``fusion_seg``: multi-modal tumour segmentation with attention fusion (paper 000)."""
+
+from medops.models.fusion_seg.net import FUSIONS, FusionSegNet, build  # noqa: F401

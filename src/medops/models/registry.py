@@ -1,0 +1,30 @@
+"""A decorator registry of model builders, after torchvision's ``models/_api.py``."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.nn as nn
+
+from medops.errors import ConfigError
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str):
+    def wrap(fn: Callable[..., nn.Module]):
+        if name in _MODELS:
+            raise ValueError(f"model '{name}' is already registered")
+        _MODELS[name] = fn
+        return fn
+    return wrap
+
+
+def list_models() -> list[str]:
+    return sorted(_MODELS)
+
+
+def get_model(name: str, **kwargs) -> nn.Module:
+    if name not in _MODELS:
+        raise ConfigError(f"model '{name}'", "not a registered model", f"use one of {list_models()}")
+    return _MODELS[name](**kwargs)

@@ -1,0 +1,186 @@
+"""Runs, batched metric logging, artifacts and models in MLflow.
+
+Embedded default: a sqlite store (``mlflow.db``) and an artifact folder
+(``mlartifacts/``) in the project. When ``MLFLOW_TRACKING_URI`` is set the same
+code logs to that server. Experiment per family; run name ``<family>/<cell>``;
+tags: git commit, dataset DVC hash, profile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from medops.errors import ConfigError
+
+
+def tracking_uri(root: str | Path = ".") -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{(Path(root).resolve() / 'mlflow.db').as_posix()}"
+
+
+def _check_server(uri: str) -> None:
+    if not uri.startswith("http"):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:
+            r.read()
+    except Exception as exc:
+        raise ConfigError(f"MLFLOW_TRACKING_URI={uri}", f"tracking server unreachable ({exc})",
+                          "start the MLflow server or unset MLFLOW_TRACKING_URI to use the local store") from exc
+
+
+def _mlflow(root: str | Path = "."):
+    import mlflow
+
+    uri = tracking_uri(root)
+    _check_server(uri)
+    mlflow.set_tracking_uri(uri)
+    return mlflow
+
+
+def _experiment_id(mlflow, name: str, root: Path) -> str:
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    kw = {}
+    if tracking_uri(root).startswith("sqlite"):
+        kw["artifact_location"] = (root.resolve() / "mlartifacts" / name).as_uri()
+    return mlflow.create_experiment(name, **kw)
+
+
+def git_commit(root: str | Path = ".") -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except Exception:
+        return "unknown"
+
+
+def dataset_version(data_path: str | Path, root: str | Path = ".") -> str:
+    """The dataset's DVC hash from dvc.lock, else the manifest's sha256."""
+    lock = Path(root) / "dvc.lock"
+    rel = os.path.relpath(Path(data_path).resolve(), Path(root).resolve())
+    if lock.exists():
+        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+        for st in stages.values():
+            for out in st.get("outs", []):
+                if out.get("path") == rel and out.get("md5"):
+                    return f"dvc:{out['md5']}"
+    from medops.data.io import file_sha256
+
+    return f"manifest:{file_sha256(Path(data_path) / 'manifest.parquet')}"
+
+
+def start_or_resume_run(family: str, cell: str, *, tags: dict, root: str | Path = ".", prefix: str = "",
+                        run_id: str | None = None):
+    """Start ``<family>/<cell>`` in experiment ``prefix+family`` or resume ``run_id``."""
+    root = Path(root)
+    mlflow = _mlflow(root)
+    if run_id:
+        run = mlflow.start_run(run_id=run_id)
+    else:
+        exp = _experiment_id(mlflow, prefix + family, root)
+        run = mlflow.start_run(experiment_id=exp, run_name=f"{family}/{cell}")
+    mlflow.set_tags({k: str(v) for k, v in tags.items()})
+    return run
+
+
+def log_params_and_config(config: dict) -> None:
+    import mlflow
+
+    flat = {}
+
+    def walk(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                flat[f"{prefix}{k}"] = str(v)[:500]
+    walk(config)
+    items = list(flat.items())
+    for i in range(0, len(items), 100):
+        mlflow.log_params(dict(items[i:i + 100]))
+    mlflow.log_dict(config, "config/resolved_params.json")
+
+
+class MlflowLogger:
+    """Per-epoch metrics in one batched call (``MlflowClient.log_batch``)."""
+
+    def __init__(self, run_id: str):
+        from mlflow.tracking import MlflowClient
+
+        self.client, self.run_id = MlflowClient(), run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        batch = [Metric(k, float(v), ts, step) for k, v in metrics.items() if v == v]
+        for i in range(0, len(batch), 1000):
+            self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
+
+
+def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
+    import mlflow
+
+    p = Path(path)
+    if p.is_dir():
+        mlflow.log_artifacts(str(p), artifact_path)
+    else:
+        mlflow.log_artifact(str(p), artifact_path)
+
+
+def log_model(model, input_example, name: str = "model"):
+    """Log a torch model with signature and input example; returns the model URI."""
+    import mlflow
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+    from mlflow.models import infer_signature
+
+    model = model.eval().cpu()
+    with torch.no_grad():
+        out = model(torch.from_numpy(input_example)).numpy()
+    sig = infer_signature(input_example, out)
+    reqs = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"]
+    info = mlflow.pytorch.log_model(model, name=name, signature=sig, input_example=np.asarray(input_example),
+                                    pip_requirements=reqs)
+    return info.model_uri
+
+
+def end_run(status: str = "FINISHED", reason: str | None = None) -> None:
+    import mlflow
+
+    if mlflow.active_run() is None:
+        return
+    if reason:
+        mlflow.set_tag("failure_reason", reason[:5000])
+    mlflow.end_run(status=status)
+
+
+def ui_command(root: str | Path = ".", run: dict | None = None) -> str:
+    uri = tracking_uri(root)
+    url = ""
+    if run:
+        url = f"  then open http://127.0.0.1:5000/#/experiments/{run['experiment_id']}/runs/{run['run_id']}"
+    if uri.startswith("sqlite"):
+        return f".venv/bin/mlflow ui --backend-store-uri {uri} --port 5000{url}"
+    return f"open {uri}" + (f"/#/experiments/{run['experiment_id']}/runs/{run['run_id']}" if run else "")
+
+
+def write_run_file(path: Path, run) -> dict:
+    info = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "tracking_uri": tracking_uri()}
+    path.write_text(json.dumps(info, indent=2))
+    return info
