@@ -1,0 +1,48 @@
+"""Shared fixtures: one small generated dataset per session (smoke profile)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from medops.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture(scope="session")
+def smoke_cfg():
+    return load_config(ROOT / "params.yaml", profile="smoke")
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory, smoke_cfg):
+    """A validated smoke dataset (12 cases) under <tmp>/raw."""
+    from medops.data.breast_trimodal import generate
+
+    root = tmp_path_factory.mktemp("ds") / "raw"
+    gcfg = dataclasses.replace(smoke_cfg.generate, n_cases=12, workers=1)
+    generate(gcfg, smoke_cfg.split, root, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def preprocessed(tmp_path_factory, dataset, smoke_cfg):
+    from medops.preprocess import preprocess_dataset
+
+    out = tmp_path_factory.mktemp("pre") / "pre"
+    cfg = dataclasses.replace(smoke_cfg.preprocess, workers=1)
+    preprocess_dataset(dataset, out, cfg, progress=False)
+    return out
+
+
+@pytest.fixture
+def dataset_copy(tmp_path, dataset):
+    dst = tmp_path / "raw"
+    shutil.copytree(dataset, dst)
+    return dst
