@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+from medops.errors import ConfigError
+from medops.metrics import segmentation_metrics
+from medops.models import get_model, list_models
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_registered_models_build_and_run(name):
+    net = get_model(name, channels=(4, 8, 16))
+    y = net(torch.rand(2, 3, 32, 32))
+    assert y.shape == (2, 1, 32, 32)
+
+
+def test_unknown_model_lists_available():
+    with pytest.raises(ConfigError, match="fusion_seg"):
+        get_model("nope")
+
+
+@pytest.mark.parametrize("mods", [("us",), ("mg", "mri"), ("us", "mg", "mri")])
+@pytest.mark.parametrize("fusion", ["attention", "concat"])
+def test_modality_subsets_and_fusions(mods, fusion):
+    net = get_model("fusion_seg", modalities=mods, fusion=fusion, channels=(4, 8))
+    assert set(net.encoders) == set(mods)
+    x = torch.rand(1, 3, 16, 16)
+    y = net(x)
+    assert y.shape == (1, 1, 16, 16)
+    # a modality the model does not use has no influence on its output
+    unused = [i for i, m in enumerate(("us", "mg", "mri")) if m not in mods]
+    if unused:
+        x2 = x.clone()
+        x2[:, unused] = torch.rand_like(x2[:, unused])
+        net.eval()
+        assert torch.allclose(net(x), net(x2))
+
+
+def test_attention_weights_sum_to_one_over_modalities():
+    net = get_model("fusion_seg", channels=(4, 8))
+    net(torch.rand(2, 3, 16, 16))
+    for f in net.fusions:
+        assert torch.allclose(f.last_weights.sum(dim=1), torch.ones(2, f.c))
+    w = net.attention_weights()
+    assert abs(sum(v for k, v in w.items() if k.startswith("attn_l0_")) - 1) < 1e-5
+
+
+def test_unknown_fusion_and_modality():
+    with pytest.raises(ConfigError, match="unknown fusion"):
+        get_model("fusion_seg", fusion="magic")
+    with pytest.raises(ConfigError, match="unknown modality"):
+        get_model("fusion_seg", modalities=("ct",))
+
+
+def test_metrics_match_paper_formulas():
+    pred = torch.zeros(1, 1, 10, 10)
+    truth = torch.zeros(1, 1, 10, 10)
+    pred[0, 0, :5, :4] = 1     # 20 px
+    truth[0, 0, :5, 2:8] = 1   # 30 px; overlap 10
+    tp, fp, fn, tn = 10, 10, 20, 60
+    m = {k: float(v) for k, v in segmentation_metrics(pred, truth).items()}
+    assert m["dsc"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert m["iou"] == pytest.approx(tp / (tp + fp + fn))
+    assert m["sensitivity"] == pytest.approx(tp / (tp + fn))
+    assert m["specificity"] == pytest.approx(tn / (tn + fp))
