@@ -1,0 +1,30 @@
+"""Shared set-up for benchmarks: a small preprocessed dataset in a temp folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+
+from medops.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def prepared(profile: str = "quick", n_cases: int = 64):
+    from medops.data.breast_trimodal import generate
+    from medops.preprocess import preprocess_dataset
+
+    cfg = load_config(ROOT / "params.yaml", profile=profile)
+    tmp = Path(tempfile.mkdtemp(prefix="medops-bench-"))
+    generate(dataclasses.replace(cfg.generate, n_cases=n_cases), cfg.split, tmp / "raw", progress=False)
+    preprocess_dataset(tmp / "raw", tmp / "pre", cfg.preprocess, progress=False)
+    return cfg, tmp / "pre"
+
+
+def save(name: str, result: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))

@@ -1,0 +1,40 @@
+"""Wall time of `dvc repro` for one profile in a fresh copy of the project (excludes the install)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import ROOT, save
+
+
+def main(profile: str = "smoke") -> dict:
+    dst = Path(tempfile.mkdtemp(prefix="medops-wall-")) / "medops"
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        (dst / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, dst / f)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@x", "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@x"}
+    subprocess.run("git init -q && git add -A && git commit -qm b", cwd=dst, shell=True, check=True, env=env)
+    subprocess.run(["medops", "profile", profile], cwd=dst, check=True, env=env, capture_output=True)
+    t0 = time.perf_counter()
+    subprocess.run(["dvc", "repro"], cwd=dst, check=True, env=env, capture_output=True)
+    wall = time.perf_counter() - t0
+    m = json.loads((dst / "reports/fusion_seg/metrics.json").read_text())
+    res = {"profile": profile, "wall_s": round(wall, 1), "goal_s": {"smoke": 120, "quick": 600}.get(profile),
+           "test_dsc_model": round(m["model"]["dsc"], 3), "test_dsc_best_baseline": round(m["baseline"]["dsc"], 3),
+           "baseline": m["baseline_best"], "n_test_cases": m["n_test_cases"]}
+    save(f"pipeline_walltime_{profile}", res)
+    shutil.rmtree(dst.parent, ignore_errors=True)
+    return res
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "smoke")
