@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -98,7 +97,7 @@ def train(family: str = typer.Argument(..., help="model family, e.g. fusion_seg"
     from medops import stages
 
     try:
-        info = stages.train(_cfg(), family, resume=resume, progress=sys.stderr.isatty() or True)
+        info = stages.train(_cfg(), family, resume=resume, progress=True)
     except MedopsError as exc:
         _fail(exc)
     typer.echo(f"trained {family}: MLflow run {info['run_id']}")

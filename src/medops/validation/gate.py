@@ -172,7 +172,6 @@ def run_suites(tables: dict[str, pd.DataFrame], cfg: ValidateConfig, docs_dir: P
             df = frames[table]
             if df.empty:
                 continue
-            key_col = RULES[exps[0][0]].key
             suite = ctx.suites.add(gx.ExpectationSuite(name=f"medops_{table}"))
             for rule, exp in exps:
                 exp.meta = {"rule": rule, "fix": RULES[rule].fix}
