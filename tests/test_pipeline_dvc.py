@@ -85,6 +85,7 @@ def test_mlflow_run_has_config_metrics_tags_model(project):
 
     x = torch.rand(1, 3, 64, 64)
     y = model(x)
+    y = y.detach()
     assert y.shape == (1, 1, 64, 64) and 0 <= float(y.min()) and float(y.max()) <= 1
 
 
@@ -104,3 +105,59 @@ def test_make_run_prints_table_and_ui_command(project):
     r = _sh("medops show fusion_seg", dst)
     assert "DSC" in r.stdout and "otsu_" in r.stdout
     assert "mlflow ui --backend-store-uri sqlite:///" in r.stdout
+
+
+def test_cli_train_killed_mid_run_then_resumed_matches_uninterrupted(project):
+    """`medops train` SIGKILLed after its first checkpoint, then `--resume`: same history, same MLflow run."""
+    import signal
+    import time
+
+    import torch
+
+    dst, _ = project
+    params = dst / "params.yaml"
+    original = params.read_text()
+    saved = {p: p.read_bytes() for p in (dst / "models/fusion_seg").iterdir() if p.is_file()}
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        params.write_text(original.replace("epochs: {smoke: 3,", "epochs: {smoke: 8,"))
+        _sh("medops train fusion_seg", dst)
+        ref = pd.read_csv(dst / "models/fusion_seg/history.csv")
+        assert len(ref) == 8
+        (dst / "models/fusion_seg/last.pt").unlink()  # so polling only sees this run's checkpoint
+        proc = subprocess.Popen(["medops", "train", "fusion_seg"], cwd=dst, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        last = dst / "models/fusion_seg/last.pt"
+        t0, killed_at = time.time(), None
+        while time.time() - t0 < 120 and proc.poll() is None:
+            if last.exists():
+                try:
+                    killed_at = torch.load(last, weights_only=True)["epoch"]
+                except Exception:
+                    killed_at = None  # being written
+                if killed_at is not None:
+                    proc.send_signal(signal.SIGKILL)
+                    break
+            time.sleep(0.02)
+        proc.wait()
+        assert killed_at is not None and killed_at < 8, "the run was not killed mid-training"
+        run_id = json.loads((dst / "models/fusion_seg/run.json").read_text())["run_id"]
+        _sh("medops train fusion_seg --resume", dst)
+        resumed = pd.read_csv(dst / "models/fusion_seg/history.csv")
+        assert len(resumed) == 8
+        for col in ("train_loss", "val_loss", "val_dice"):
+            assert (ref[col] - resumed[col]).abs().max() < 1e-6, col
+        assert json.loads((dst / "models/fusion_seg/run.json").read_text())["run_id"] == run_id
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        mlflow.set_tracking_uri(f"sqlite:///{dst / 'mlflow.db'}")
+        client = MlflowClient()
+        assert client.get_run(run_id).info.status == "FINISHED"
+        steps = sorted({m.step for m in client.get_metric_history(run_id, "train_loss")})
+        assert steps == list(range(1, 9))
+    finally:
+        params.write_text(original)
+        for p, b in saved.items():
+            p.write_bytes(b)

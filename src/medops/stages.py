@@ -64,7 +64,7 @@ def train(cfg: Config, family: str, *, resume: bool = False, progress: bool = Tr
 
     from medops import tracking
     from medops.data.dataset import ShardDataset
-    from medops.engine import Trainer, load_checkpoint
+    from medops.engine import Trainer, load_checkpoint, seed_everything
     from medops.models import get_model
     from medops.preprocess import load_index
     from medops.validation import require_passed
@@ -75,6 +75,7 @@ def train(cfg: Config, family: str, *, resume: bool = False, progress: bool = Tr
     require_passed(data, validation_dir(fam.dataset))
     index = load_index(pre)
     train_ds, val_ds = ShardDataset(pre, index, "train"), ShardDataset(pre, index, "val")
+    seed_everything(fcfg.train.seed)  # the initial weights are part of the run's seed
     net = get_model(family, **asdict(fcfg.model))
     task = fam.task(net, fcfg.train)
     out.mkdir(parents=True, exist_ok=True)
