@@ -92,15 +92,20 @@ def preprocess(dataset: str = typer.Option("breast-trimodal", help="dataset name
 
 @app.command()
 def train(family: str = typer.Argument(..., help="model family, e.g. fusion_seg"),
-          resume: bool = typer.Option(False, "--resume", help="continue from models/<family>/last.pt")):
-    """Train a family with the shared engine; logs to MLflow."""
+          resume: bool = typer.Option(False, "--resume", help="continue from the last checkpoint"),
+          cell: Optional[str] = typer.Option(None, help="ablation cell (params.yaml ablation.<family>.cells)"),
+          seed: Optional[int] = typer.Option(None, help="seed of the ablation cell")):
+    """Train a family (or one ablation cell) with the shared engine; logs to MLflow."""
     from medops import stages
 
     try:
-        info = stages.train(_cfg(), family, resume=resume, progress=True)
+        info = stages.train(_cfg(), family, resume=resume, progress=True, cell=cell, seed=seed)
     except MedopsError as exc:
         _fail(exc)
-    typer.echo(f"trained {family}: MLflow run {info['run_id']}")
+    if info.get("status") == "failed":
+        typer.echo(f"cell {cell} seed {seed} FAILED ({info['reason']}); marked in MLflow run {info['run_id']}", err=True)
+        return
+    typer.echo(f"trained {family}{'/' + cell if cell else ''}: MLflow run {info['run_id']}")
 
 
 @app.command()
@@ -118,6 +123,21 @@ def evaluate(family: str = typer.Argument(..., help="model family, e.g. fusion_s
     typer.echo(format_table(m))
     typer.echo(f"outputs: {stages.report_dir(family)}/ (metrics.json, per_case.csv, predictions/, figures/)")
     typer.echo(f"MLflow UI: {ui_command('.', m['run'])}")
+
+
+@app.command()
+def report(family: str = typer.Argument(..., help="model family, e.g. fusion_seg")):
+    """Aggregate ablation cells: paper-shaped tables (mean ± 95 % CI), claims, loss and missing-modality tables."""
+    from medops import stages
+
+    try:
+        s = stages.report(_cfg(), family)
+    except MedopsError as exc:
+        _fail(exc)
+    out = stages.ablation_report_dir(family)
+    typer.echo((out / "report.md").read_text())
+    typer.echo(f"{s['n_finished']}/{s['n_cells']} cells finished; report: {out}/report.md "
+               f"(logged to MLflow parent run {s.get('parent_run_id')})")
 
 
 @app.command()

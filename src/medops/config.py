@@ -44,7 +44,7 @@ def _build(cls, data: dict, where: str):
         v = data[f.name]
         if dataclasses.is_dataclass(hints[f.name]):
             v = _build(hints[f.name], v, f"{where}.{f.name}")
-        elif isinstance(v, list):
+        elif isinstance(v, list) and typing.get_origin(hints[f.name]) is tuple:
             v = tuple(v)
         kwargs[f.name] = v
     try:
@@ -93,6 +93,7 @@ class PreprocessConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    arch: str = "fusion_seg"
     modalities: tuple[str, ...] = MODALITIES
     fusion: str = "attention"
     channels: tuple[int, ...] = (8, 16, 32)
@@ -123,10 +124,68 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class AblationConfig:
+    """An ablation as data: factors with their levels, a baseline cell, the cells to run, seeds.
+
+    A cell is a set of ``factor: level`` overrides of the baseline ({} = the baseline itself).
+    """
+
+    seeds: tuple[int, ...] = (1, 2, 3)
+    epochs: int = 2
+    factors: dict = field(default_factory=dict)
+    baseline: dict = field(default_factory=dict)
+    cells: dict = field(default_factory=dict)
+
+    def check(self, family: str) -> None:
+        """Fail before any training on an unknown factor or level, naming it."""
+        where = f"params.yaml:ablation.{family}"
+        if len(self.seeds) < 1:
+            raise ConfigError(f"{where}.seeds", "no seeds", "list at least 3 seeds")
+        for name, levels in [("baseline", self.baseline), *((f"cells.{c}", v or {}) for c, v in self.cells.items())]:
+            for factor, level in levels.items():
+                if factor not in self.factors:
+                    raise ConfigError(f"{where}.{name}", f"unknown factor '{factor}'",
+                                      f"use one of {sorted(self.factors)} or declare it under factors")
+                if level not in self.factors[factor]:
+                    raise ConfigError(f"{where}.{name}", f"unknown level '{level}' of factor '{factor}'",
+                                      f"use one of {list(self.factors[factor])}")
+        missing = set(self.factors) - set(self.baseline)
+        if missing:
+            raise ConfigError(f"{where}.baseline", f"no baseline level for {sorted(missing)}",
+                              "give every factor a baseline level")
+
+    def levels(self, cell: str) -> dict:
+        if cell not in self.cells:
+            raise ConfigError(f"cell '{cell}'", "not an ablation cell", f"use one of {list(self.cells)}")
+        return {**self.baseline, **(self.cells[cell] or {})}
+
+    def cell_model(self, cell: str, base: "ModelConfig") -> "ModelConfig":
+        """The model config of a cell: factor levels mapped onto ModelConfig fields."""
+        lv = self.levels(cell)
+        kw = {}
+        if "modalities" in lv:
+            kw["modalities"] = tuple(lv["modalities"].split("_"))
+        if "fusion" in lv:
+            kw["fusion"] = lv["fusion"]
+        if "arch" in lv:
+            kw["arch"] = lv["arch"]
+        return dataclasses.replace(base, **kw)
+
+
+@dataclass(frozen=True)
+class PromoteConfig:
+    metric: str = "dsc"
+    floor: float = 0.5
+    alpha: float = 0.05
+
+
+@dataclass(frozen=True)
 class FamilyConfig:
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    ablation: AblationConfig = AblationConfig()
+    promote: PromoteConfig = PromoteConfig()
 
 
 @dataclass(frozen=True)
@@ -169,9 +228,14 @@ def load_config(path: str | Path = "params.yaml", profile: str | None = None) ->
         raise ConfigError(f"{path}:profile", f"unknown profile '{profile}'", f"use one of {PROFILES}")
     resolved = {k: _resolve(v, profile, k) for k, v in data.items() if k != "profile"}
     resolved["profile"] = profile
-    families = {
-        k: _build(FamilyConfig, resolved[k], k) for k in FAMILY_KEYS if k in resolved
-    }
+    families = {}
+    for k in FAMILY_KEYS:
+        if k in resolved:
+            sec = dict(resolved[k])
+            sec["ablation"] = resolved.get("ablation", {}).get(k, {})
+            sec["promote"] = resolved.get("promote", {}).get(k, {})
+            families[k] = _build(FamilyConfig, sec, k)
+            families[k].ablation.check(k)
     for fam in families.values():
         bad = set(fam.model.modalities) - set(MODALITIES)
         if bad or not fam.model.modalities:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
@@ -59,58 +59,110 @@ def generate(cfg: Config, dataset: str, out: Path, force: bool = False) -> pd.Da
     return manifest
 
 
-def train(cfg: Config, family: str, *, resume: bool = False, progress: bool = True) -> dict:
+def cell_dir(family: str, cell: str, seed: int) -> Path:
+    return model_dir(family) / "cells" / cell / f"seed{seed}"
+
+
+def build_model(model_cfg):
+    from medops.models import get_model
+
+    kw = asdict(model_cfg)
+    return get_model(kw.pop("arch"), **kw)
+
+
+def train(cfg: Config, family: str, *, resume: bool = False, progress: bool = True,
+          cell: str | None = None, seed: int | None = None) -> dict:
+    """Train the family's model, or one ablation cell (``cell`` + ``seed``), and track it in MLflow.
+
+    A cell also evaluates itself on the test split (per-case metrics, missing-modality
+    conditions). A cell that fails (e.g. non-finite loss) is marked FAILED in MLflow and in
+    its ``status.json``, and returns normally so the other cells go on.
+    """
     import torch
 
     from medops import tracking
     from medops.data.dataset import ShardDataset
     from medops.engine import Trainer, load_checkpoint, seed_everything
-    from medops.models import get_model
     from medops.preprocess import load_index
     from medops.validation import require_passed
 
     fam = get_family(family)
     fcfg = cfg.family(family)
-    data, pre, out = data_dir(fam.dataset), preprocessed_dir(fam.dataset), model_dir(family)
-    require_passed(data, validation_dir(fam.dataset))
+    data, pre = data_dir(fam.dataset), preprocessed_dir(fam.dataset)
+    model_cfg, train_cfg, out, parent = fcfg.model, fcfg.train, model_dir(family), None
+    if cell is not None:
+        abl = fcfg.ablation
+        abl.check(family)
+        if seed is None:
+            raise MedopsError("--seed", "an ablation cell needs a seed", f"pass one of {list(abl.seeds)}")
+        model_cfg = abl.cell_model(cell, fcfg.model)
+        train_cfg = replace(fcfg.train, epochs=abl.epochs, seed=seed)
+        out = cell_dir(family, cell, seed)
+    validation = require_passed(data, validation_dir(fam.dataset))
     index = load_index(pre)
     train_ds, val_ds = ShardDataset(pre, index, "train"), ShardDataset(pre, index, "val")
-    seed_everything(fcfg.train.seed)  # the initial weights are part of the run's seed
-    net = get_model(family, **asdict(fcfg.model))
-    task = fam.task(net, fcfg.train)
+    seed_everything(train_cfg.seed)  # the initial weights are part of the run's seed
+    net = build_model(model_cfg)
+    task = fam.task(net, train_cfg)
     out.mkdir(parents=True, exist_ok=True)
     run_file = out / "run.json"
     prev = json.loads(run_file.read_text()) if (resume and run_file.exists()) else {}
     tags = {"family": family, "profile": cfg.profile, "git_commit": tracking.git_commit(),
             "dataset": fam.dataset, "dataset_version": tracking.dataset_version(data),
-            "validation": "passed"}
-    run = tracking.start_or_resume_run(family, "main", tags=tags, prefix=cfg.tracking.experiment_prefix,
-                                       run_id=prev.get("run_id"))
+            "validation": validation["status"], "validation_manifest_sha256": validation["manifest_sha256"],
+            "cell": cell or "main", "seed": train_cfg.seed, **{f"factor.{k}": v for k, v in
+                                                                 (fcfg.ablation.levels(cell) if cell else {}).items()}}
+    if cell is not None and not prev:
+        parent = tracking.ablation_parent_run(family, fcfg.ablation, tags, prefix=cfg.tracking.experiment_prefix)
+    run_name = f"{family}/{cell}/seed{seed}" if cell else f"{family}/main"
+    run = tracking.start_or_resume_run(family, run_name, tags=tags, prefix=cfg.tracking.experiment_prefix,
+                                       run_id=prev.get("run_id"), parent_run_id=parent)
+    (out / "status.json").unlink(missing_ok=True)
     try:
         info = tracking.mlflow_run.write_run_file(run_file, run)
         if not prev:
-            tracking.log_params_and_config(cfg.raw | {"family": family, "profile": cfg.profile})
-        trainer = Trainer(task, fcfg.train, out, logger=tracking.MlflowLogger(run.info.run_id), progress=progress)
+            tracking.log_params_and_config(cfg.raw | {"family": family, "profile": cfg.profile, "cell": cell or "main",
+                                                      "resolved_model": asdict(model_cfg),
+                                                      "resolved_train": asdict(train_cfg)})
+        trainer = Trainer(task, train_cfg, out, logger=tracking.MlflowLogger(run.info.run_id), progress=progress)
         history = trainer.fit(train_ds, val_ds, resume=resume)
-        hist = pd.DataFrame(history)
-        hist.to_csv(out / "history.csv", index=False)
+        pd.DataFrame(history).to_csv(out / "history.csv", index=False)
         best = load_checkpoint(out / "best.pt")
         net.load_state_dict(best["model"])
-        (out / "train_metrics.json").write_text(json.dumps(
-            {"best_epoch": best["epoch"], "best_val_dice": best[task.monitor], "epochs": len(history),
-             "final_train_loss": history[-1]["train_loss"], "final_val_loss": history[-1]["val_loss"]}, indent=2))
+        train_metrics = {"best_epoch": best["epoch"], "best_val_dice": best[task.monitor], "epochs": len(history),
+                         "final_train_loss": history[-1]["train_loss"], "final_val_loss": history[-1]["val_loss"]}
+        (out / "train_metrics.json").write_text(json.dumps(train_metrics, indent=2))
         with torch.no_grad():
             net.eval()(val_ds.images[:2].float())  # fresh attention weights from the best model
         if hasattr(net, "attention_weights_full"):
             (out / "attention_weights.json").write_text(json.dumps(net.attention_weights_full()))
             tracking.log_artifact(out / "attention_weights.json", "attention")
         tracking.log_artifact(out / "history.csv", "training")
-        model_uri = tracking.log_model(torch.nn.Sequential(net, torch.nn.Sigmoid()),
-                                       val_ds.images[:1].float().numpy())
-        info["model_uri"] = model_uri
+        if cell is None:
+            info["model_uri"] = tracking.log_model(torch.nn.Sequential(net, torch.nn.Sigmoid()),
+                                                   val_ds.images[:1].float().numpy())
+        else:
+            from medops.evaluation.segmentation import evaluate_conditions
+
+            test = evaluate_conditions(net, pre, index, out, modalities=model_cfg.modalities,
+                                       threshold=fcfg.evaluate.threshold)
+            import mlflow
+
+            mlflow.log_metrics({f"test_{k}": v for k, v in test["full"].items()})
+            tracking.log_artifact(out / "per_case.csv", "evaluation")
+            (out / "status.json").write_text(json.dumps({"status": "finished", **train_metrics,
+                                                         "test": test["full"]}, indent=2))
         run_file.write_text(json.dumps(info, indent=2))
         tracking.end_run()
         return info
+    except FloatingPointError as exc:
+        tracking.end_run("FAILED", reason=str(exc))
+        if cell is None:
+            raise
+        (out / "status.json").write_text(json.dumps({"status": "failed", "reason": str(exc)}, indent=2))
+        for stale in ("best.pt", "last.pt"):
+            (out / stale).unlink(missing_ok=True)
+        return {"run_id": run.info.run_id, "status": "failed", "reason": str(exc)}
     except BaseException as exc:
         tracking.end_run("FAILED" if not isinstance(exc, KeyboardInterrupt) else "KILLED", reason=repr(exc))
         raise
@@ -119,7 +171,6 @@ def train(cfg: Config, family: str, *, resume: bool = False, progress: bool = Tr
 def evaluate(cfg: Config, family: str) -> dict:
     from medops import tracking
     from medops.engine import load_checkpoint
-    from medops.models import get_model
     from medops.preprocess import load_index
 
     fam = get_family(family)
@@ -127,7 +178,7 @@ def evaluate(cfg: Config, family: str) -> dict:
     mdir, out, pre = model_dir(family), report_dir(family), preprocessed_dir(fam.dataset)
     if not (mdir / "best.pt").exists():
         raise MedopsError(str(mdir / "best.pt"), "trained: no checkpoint", f"run `medops train {family}` first")
-    net = get_model(family, **asdict(fcfg.model))
+    net = build_model(fcfg.model)
     net.load_state_dict(load_checkpoint(mdir / "best.pt")["model"])
     metrics = fam.evaluate(net, pre, load_index(pre), out, history_csv=mdir / "history.csv",
                            modalities=fcfg.model.modalities, threshold=fcfg.evaluate.threshold)
@@ -142,3 +193,26 @@ def evaluate(cfg: Config, family: str) -> dict:
     tracking.end_run()
     metrics["run"] = run
     return metrics
+
+
+def ablation_report_dir(family: str) -> Path:
+    return Path("reports/ablation") / family
+
+
+def report(cfg: Config, family: str) -> dict:
+    """Aggregate the ablation cells into paper-shaped tables; log them to the ablation's parent run."""
+    from medops import tracking
+    from medops.experiments.report import build_report
+
+    fcfg = cfg.family(family)
+    fcfg.ablation.check(family)
+    out = ablation_report_dir(family)
+    summary = build_report(model_dir(family) / "cells", fcfg.ablation, out, alpha=fcfg.promote.alpha,
+                           profile=cfg.profile)
+    cells = pd.read_csv(out / "cells.csv")
+    run_ids = [r for r in cells.run_id.dropna() if r]
+    parent = tracking.parent_of(run_ids[0]) if run_ids else None
+    if parent:
+        tracking.log_artifacts_to(parent, out, "report")
+    summary["parent_run_id"] = parent
+    return summary

@@ -2,3 +2,4 @@
 
 from medops.models.registry import get_model, list_models, register_model  # noqa: F401
 from medops.models import fusion_seg as _fusion_seg  # noqa: F401  (registers "fusion_seg")
+from medops.models import unet_baselines as _unet_baselines  # noqa: F401  (registers "unet", "attention_unet")

@@ -83,18 +83,57 @@ def dataset_version(data_path: str | Path, root: str | Path = ".") -> str:
     return f"manifest:{file_sha256(Path(data_path) / 'manifest.parquet')}"
 
 
-def start_or_resume_run(family: str, cell: str, *, tags: dict, root: str | Path = ".", prefix: str = "",
-                        run_id: str | None = None):
-    """Start ``<family>/<cell>`` in experiment ``prefix+family`` or resume ``run_id``."""
+def start_or_resume_run(family: str, run_name: str, *, tags: dict, root: str | Path = ".", prefix: str = "",
+                        run_id: str | None = None, parent_run_id: str | None = None):
+    """Start ``run_name`` in experiment ``prefix+family`` (as a child of ``parent_run_id``) or resume ``run_id``."""
     root = Path(root)
     mlflow = _mlflow(root)
     if run_id:
         run = mlflow.start_run(run_id=run_id)
     else:
         exp = _experiment_id(mlflow, prefix + family, root)
-        run = mlflow.start_run(experiment_id=exp, run_name=f"{family}/{cell}")
+        run = mlflow.start_run(experiment_id=exp, run_name=run_name, parent_run_id=parent_run_id)
     mlflow.set_tags({k: str(v) for k, v in tags.items()})
     return run
+
+
+def ablation_parent_run(family: str, ablation, tags: dict, *, root: str | Path = ".", prefix: str = "") -> str:
+    """Find or create the parent run of this ablation (same family, profile, data and ablation spec)."""
+    import hashlib
+    from dataclasses import asdict
+
+    root = Path(root)
+    mlflow = _mlflow(root)
+    from mlflow.tracking import MlflowClient
+
+    spec = json.dumps({"ablation": asdict(ablation), "profile": tags.get("profile"),
+                       "dataset_version": tags.get("dataset_version")}, sort_keys=True, default=list)
+    key = hashlib.sha256(spec.encode()).hexdigest()[:16]
+    exp = _experiment_id(mlflow, prefix + family, root)
+    client = MlflowClient()
+    found = client.search_runs([exp], filter_string=f"tags.ablation_key = '{key}'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(exp, run_name=f"{family}/ablation", tags={
+        "ablation_key": key, "ablation_parent": "true", "family": family,
+        **{k: str(v) for k, v in tags.items() if k in ("profile", "dataset_version", "git_commit", "dataset")}})
+    client.log_text(run.info.run_id, spec, "ablation_spec.json")
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+def parent_of(run_id: str) -> str | None:
+    _mlflow()
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient().get_run(run_id).data.tags.get("mlflow.parentRunId")
+
+
+def log_artifacts_to(run_id: str, folder: str | Path, artifact_path: str) -> None:
+    _mlflow()
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient().log_artifacts(run_id, str(folder), artifact_path)
 
 
 def log_params_and_config(config: dict) -> None:

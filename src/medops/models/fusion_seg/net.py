@@ -64,7 +64,21 @@ class ConcatFusion(nn.Module):
         return self.mix(torch.cat(feats, dim=1))
 
 
-FUSIONS: dict[str, type[nn.Module]] = {"attention": AttentionFusion, "concat": ConcatFusion}
+class PassThrough(nn.Module):
+    """Early fusion: the modalities were stacked at the input, there is one feature map per scale."""
+
+    def __init__(self, n_modalities: int, channels: int):
+        super().__init__()
+        self.last_weights = None
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        return feats[0]
+
+
+# feature-level fusion blocks, applied at every scale
+FUSIONS: dict[str, type[nn.Module]] = {"attention": AttentionFusion, "concat": ConcatFusion, "early": PassThrough}
+# all fusion strategies of the family ("late" combines whole per-modality networks, see LateFusionNet)
+STRATEGIES = (*FUSIONS, "late")
 
 
 class Encoder(nn.Module):
@@ -106,10 +120,13 @@ class FusionSegNet(nn.Module):
             raise ConfigError("fusion_seg.model.modalities", f"unknown modality {sorted(unknown)}",
                               f"choose a non-empty subset of {list(in_modalities)}")
         if fusion not in FUSIONS:
-            raise ConfigError("fusion_seg.model.fusion", f"unknown fusion '{fusion}'", f"use one of {sorted(FUSIONS)}")
-        self.modalities = tuple(modalities)
+            raise ConfigError("fusion_seg.model.fusion", f"unknown fusion '{fusion}'", f"use one of {sorted(STRATEGIES)}")
+        self.modalities, self.early = tuple(modalities), fusion == "early"
         self.index = tuple(list(in_modalities).index(m) for m in modalities)
-        self.encoders = nn.ModuleDict({m: Encoder(1, tuple(channels), residual_subunits) for m in modalities})
+        if self.early:  # one encoder over the stacked modalities
+            self.encoders = nn.ModuleDict({"stack": Encoder(len(modalities), tuple(channels), residual_subunits)})
+        else:
+            self.encoders = nn.ModuleDict({m: Encoder(1, tuple(channels), residual_subunits) for m in modalities})
         self.fusions = nn.ModuleList([FUSIONS[fusion](len(modalities), c) for c in channels])
         ups, decs = [], []
         for c_hi, c_lo in zip(channels[::-1][:-1], channels[::-1][1:]):
@@ -120,7 +137,10 @@ class FusionSegNet(nn.Module):
         self.head = nn.Conv2d(channels[0], 1, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        per_mod = [self.encoders[m](x[:, i:i + 1]) for m, i in zip(self.modalities, self.index)]
+        if self.early:
+            per_mod = [self.encoders["stack"](x[:, list(self.index)])]
+        else:
+            per_mod = [self.encoders[m](x[:, i:i + 1]) for m, i in zip(self.modalities, self.index)]
         fused = [f([p[level] for p in per_mod]) for level, f in enumerate(self.fusions)]
         y = fused[-1]
         for up, dec, skip in zip(self.ups, self.decs, fused[-2::-1]):
@@ -143,8 +163,36 @@ class FusionSegNet(nn.Module):
                 if getattr(f, "last_weights", None) is not None}
 
 
+class LateFusionNet(nn.Module):
+    """Late fusion: one full single-modality network per modality; their probability maps are
+    combined with learned (softmax) weights. Returns logits of the combined probability."""
+
+    def __init__(self, *, in_modalities=ALL_MODALITIES, modalities=ALL_MODALITIES, channels=(16, 32, 64, 128),
+                 residual_subunits: int = 2):
+        super().__init__()
+        self.modalities = tuple(modalities)
+        self.nets = nn.ModuleList([FusionSegNet(in_modalities=in_modalities, modalities=(m,), fusion="concat",
+                                                channels=channels, residual_subunits=residual_subunits)
+                                   for m in modalities])
+        self.logit_weights = nn.Parameter(torch.zeros(len(modalities)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([torch.sigmoid(n(x)) for n in self.nets], dim=0)
+        w = torch.softmax(self.logit_weights, dim=0)
+        p = (w[:, None, None, None, None] * probs).sum(0).clamp(1e-6, 1 - 1e-6)
+        return torch.logit(p)
+
+    def attention_weights(self) -> dict[str, float]:
+        w = torch.softmax(self.logit_weights.detach(), dim=0)
+        return {f"late_w_{m}": float(v) for m, v in zip(self.modalities, w)}
+
+
 @register_model("fusion_seg")
 def build(*, modalities=ALL_MODALITIES, fusion="attention", channels=(16, 32, 64, 128), residual_subunits=2,
-          in_modalities=ALL_MODALITIES) -> FusionSegNet:
+          in_modalities=ALL_MODALITIES) -> nn.Module:
+    """Build a ``fusion_seg`` network; ``fusion`` is one of :data:`STRATEGIES`."""
+    if fusion == "late":
+        return LateFusionNet(in_modalities=in_modalities, modalities=modalities, channels=channels,
+                             residual_subunits=residual_subunits)
     return FusionSegNet(in_modalities=in_modalities, modalities=modalities, fusion=fusion, channels=channels,
                         residual_subunits=residual_subunits)

@@ -1,0 +1,1 @@
+"""Ablations as data: aggregation, statistics, paper-shaped reports, promotion decisions."""

@@ -1,0 +1,210 @@
+"""`medops report`: aggregate ablation cells into paper-shaped tables with 95 % CIs over seeds,
+paired per-case tests of each claim the paper makes, a loss-curve table and a missing-modality table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medops.config import AblationConfig
+from medops.experiments.references import CLAIMS_000, PAPER_000, TABLE_TITLES
+from medops.experiments.stats import mean_ci, paired_test
+
+METRICS = ("dsc", "iou", "sensitivity", "specificity")
+
+
+def collect(cells_root: Path, abl: AblationConfig) -> pd.DataFrame:
+    """One row per (cell, seed): status, reason, validation and test metrics, run id."""
+    rows = []
+    for cell in abl.cells:
+        for seed in abl.seeds:
+            d = cells_root / cell / f"seed{seed}"
+            st = json.loads((d / "status.json").read_text()) if (d / "status.json").exists() else {"status": "missing"}
+            run = json.loads((d / "run.json").read_text()) if (d / "run.json").exists() else {}
+            rows.append({"cell": cell, "seed": seed, "status": st["status"], "reason": st.get("reason", ""),
+                         "best_val_dice": st.get("best_val_dice", np.nan), "run_id": run.get("run_id", ""),
+                         **{f"test_{m}": st.get("test", {}).get(m, np.nan) for m in METRICS}})
+    return pd.DataFrame(rows)
+
+
+def per_case(cells_root: Path, abl: AblationConfig, cells: pd.DataFrame, condition: str = "full") -> dict:
+    """cell -> per-case DSC averaged over the cell's finished seeds (index: case_id)."""
+    out = {}
+    for cell, g in cells[cells.status == "finished"].groupby("cell"):
+        frames = [pd.read_csv(cells_root / cell / f"seed{s}" / "per_case.csv") for s in g.seed]
+        frames = [f[f.condition == condition].set_index("case_id").dsc for f in frames]
+        out[cell] = pd.concat(frames, axis=1).mean(axis=1)
+    return out
+
+
+def _cell_for(abl: AblationConfig, factor: str, level: str) -> str | None:
+    target = {**abl.baseline, factor: level}
+    for cell in abl.cells:
+        if abl.levels(cell) == target:
+            return cell
+    return None
+
+
+def _fmt(mean, half, scale=100.0):
+    if mean != mean:
+        return "—"
+    return f"{mean * scale:.1f} ± {half * scale:.1f}" if half == half else f"{mean * scale:.1f}"
+
+
+def factor_tables(abl: AblationConfig, cells: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    tables = {}
+    for factor, levels in abl.factors.items():
+        rows = []
+        for level in levels:
+            cell = _cell_for(abl, factor, level)
+            g = cells[(cells.cell == cell) & (cells.status == "finished")] if cell else cells.iloc[0:0]
+            n_all = int((cells.cell == cell).sum()) if cell else 0
+            row = {"level": level, "cell": cell or "(not run)", "seeds_ok": f"{len(g)}/{n_all}"}
+            for m in METRICS:
+                mu, half = mean_ci(g[f"test_{m}"])
+                row[f"{m}_mean"], row[f"{m}_ci95"] = mu, half
+            paper = PAPER_000.get(factor, {}).get(level)
+            for m, v in zip(METRICS, paper or (np.nan,) * 4):
+                row[f"paper_{m}"] = v / 100 if v == v else np.nan
+            rows.append(row)
+        tables[factor] = pd.DataFrame(rows)
+    return tables
+
+
+def claims(abl: AblationConfig, cells: pd.DataFrame, cases: dict, tables: dict, alpha: float) -> pd.DataFrame:
+    rows = []
+    for claim, factor, better, worse in CLAIMS_000:
+        if factor not in abl.factors:
+            continue
+        t = tables[factor].set_index("level")
+
+        def resolve(level):
+            if level.startswith("best_of:"):
+                opts = [lv for lv in level.split(":", 1)[1].split(",") if lv in t.index and t.loc[lv, "dsc_mean"] == t.loc[lv, "dsc_mean"]]
+                if not opts:
+                    return None, level
+                lv = max(opts, key=lambda x: t.loc[x, "dsc_mean"])
+                return _cell_for(abl, factor, lv), lv
+            return _cell_for(abl, factor, level), level
+
+        (ca, la), (cb, lb) = resolve(better), resolve(worse)
+        row = {"claim": claim, "better": la, "worse": lb}
+        if ca not in cases or cb not in cases:
+            rows.append({**row, "verdict": "not testable (cell missing or failed)"})
+            continue
+        a, b = cases[ca].align(cases[cb], join="inner")
+        res = paired_test(a.to_numpy(), b.to_numpy())
+        ok = res["p"] < alpha and res["mean_diff"] > 0
+        rows.append({**row, **res, "verdict": "reproduced" if ok else "not reproduced"})
+    return pd.DataFrame(rows)
+
+
+def loss_table(cells_root: Path, abl: AblationConfig, cells: pd.DataFrame) -> pd.DataFrame:
+    base = _cell_for(abl, next(iter(abl.factors)), abl.baseline[next(iter(abl.factors))])
+    ok = cells[(cells.cell == base) & (cells.status == "finished")]
+    hists = [pd.read_csv(cells_root / base / f"seed{s}" / "history.csv") for s in ok.seed]
+    rows = []
+    for pe, (ptr, pva) in PAPER_000["loss"].items():
+        ep = max(1, round(abl.epochs * pe / 100))
+        tr = [h.loc[h.epoch == ep, "train_loss"].iloc[0] for h in hists if (h.epoch == ep).any()]
+        va = [h.loc[h.epoch == ep, "val_loss"].iloc[0] for h in hists if (h.epoch == ep).any()]
+        (tm, th), (vm, vh) = mean_ci(tr), mean_ci(va)
+        rows.append({"paper_epoch": pe, "our_epoch": ep, "train_loss_mean": tm, "train_loss_ci95": th,
+                     "val_loss_mean": vm, "val_loss_ci95": vh, "paper_train_loss": ptr, "paper_val_loss": pva})
+    return pd.DataFrame(rows)
+
+
+def missing_modality_table(cells_root: Path, abl: AblationConfig, cells: pd.DataFrame) -> pd.DataFrame:
+    base = _cell_for(abl, next(iter(abl.factors)), abl.baseline[next(iter(abl.factors))])
+    ok = cells[(cells.cell == base) & (cells.status == "finished")]
+    per_seed = [pd.read_csv(cells_root / base / f"seed{s}" / "per_case.csv").groupby("condition").dsc.mean()
+                for s in ok.seed]
+    if not per_seed:
+        return pd.DataFrame(columns=["condition", "dsc_mean", "dsc_ci95"])
+    df = pd.concat(per_seed, axis=1)
+    rows = [{"condition": c, "dsc_mean": mean_ci(df.loc[c])[0], "dsc_ci95": mean_ci(df.loc[c])[1]} for c in df.index]
+    return pd.DataFrame(rows).sort_values("condition", key=lambda s: s != "full")
+
+
+def _bar_chart(table: pd.DataFrame, title: str, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(4, 1.1 * len(table)), 3.6))
+    x = np.arange(len(table))
+    ax.bar(x, table.dsc_mean, yerr=table.dsc_ci95.fillna(0), capsize=4, color="tab:blue", label="ours (mean ± 95 % CI)")
+    if table.paper_dsc.notna().any():
+        ax.scatter(x, table.paper_dsc, marker="D", color="tab:red", zorder=3, label="paper")
+    ax.set_xticks(x, table.level, rotation=20)
+    ax.set_ylabel("test DSC")
+    ax.set_ylim(0, 1)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
+def _md_table(table: pd.DataFrame) -> str:
+    head = "| level | cell | seeds ok | DSC % | IoU % | Sens % | Spec % | paper DSC / IoU / Sens / Spec % |\n|---|---|---|---|---|---|---|---|"
+    lines = [head]
+    for r in table.itertuples():
+        paper = " / ".join("—" if getattr(r, f"paper_{m}") != getattr(r, f"paper_{m}") else f"{100 * getattr(r, f'paper_{m}'):.1f}" for m in METRICS)
+        lines.append(f"| {r.level} | {r.cell} | {r.seeds_ok} | " + " | ".join(
+            _fmt(getattr(r, f"{m}_mean"), getattr(r, f"{m}_ci95")) for m in METRICS) + f" | {paper} |")
+    return "\n".join(lines)
+
+
+def build_report(cells_root: Path, abl: AblationConfig, out: Path, *, alpha: float = 0.05, profile: str = "") -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "figures").mkdir(exist_ok=True)
+    cells = collect(cells_root, abl)
+    cells.to_csv(out / "cells.csv", index=False)
+    cases = per_case(cells_root, abl, cells)
+    tables = factor_tables(abl, cells)
+    cl = claims(abl, cells, cases, tables, alpha)
+    cl.to_csv(out / "claims.csv", index=False)
+    lt = loss_table(cells_root, abl, cells)
+    lt.to_csv(out / "loss_table.csv", index=False)
+    mm = missing_modality_table(cells_root, abl, cells)
+    mm.to_csv(out / "missing_modality.csv", index=False)
+    md = [f"# Ablation report ({profile} profile, {len(abl.seeds)} seeds, {abl.epochs} epochs per cell)", "",
+          "Test-split metrics, mean ± 95 % t-interval over seeds; the paper's number beside ours. "
+          "Simulated data: our numbers are not comparable in level with the paper's, only in ordering.", ""]
+    for factor, t in tables.items():
+        t.to_csv(out / f"table_{factor}.csv", index=False)
+        title = TABLE_TITLES.get(factor, factor)
+        _bar_chart(t, title, out / "figures" / f"{factor}.png")
+        md += [f"## {title}", "", _md_table(t), "", f"![{factor}](figures/{factor}.png)", ""]
+    md += ["## Claims (one-sided Wilcoxon signed-rank on per-case DSC, seeds averaged; α = "
+           f"{alpha})", "", "| claim | better | worse | n | mean ΔDSC [95 % CI] | p | verdict |", "|---|---|---|---|---|---|---|"]
+    for r in cl.to_dict("records"):
+        if "p" in r and r.get("p") == r.get("p"):
+            md.append(f"| {r['claim']} | {r['better']} | {r['worse']} | {r['n']} | {100 * r['mean_diff']:+.1f} "
+                      f"[{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}] | {r['p']:.3g} | **{r['verdict']}** |")
+        else:
+            md.append(f"| {r['claim']} | {r['better']} | {r['worse']} | — | — | — | {r['verdict']} |")
+    md += ["", "## Loss curve (paper 000, Table 8), baseline cell", "",
+           "| paper epoch | our epoch | train loss | val loss | paper train | paper val |", "|---|---|---|---|---|---|"]
+    for r in lt.itertuples():
+        md.append(f"| {r.paper_epoch} | {r.our_epoch} | {_fmt(r.train_loss_mean, r.train_loss_ci95, 1):} | "
+                  f"{_fmt(r.val_loss_mean, r.val_loss_ci95, 1)} | {r.paper_train_loss} | {r.paper_val_loss} |")
+    md += ["", "## Missing modality at test time (baseline cell)", "", "| condition | DSC % |", "|---|---|"]
+    for r in mm.itertuples():
+        md.append(f"| {r.condition} | {_fmt(r.dsc_mean, r.dsc_ci95)} |")
+    failed = cells[cells.status != "finished"]
+    if len(failed):
+        md += ["", "## Gaps (failed or missing cells)", "", "| cell | seed | status | reason |", "|---|---|---|---|"]
+        md += [f"| {r.cell} | {r.seed} | {r.status} | {r.reason} |" for r in failed.itertuples()]
+    (out / "report.md").write_text("\n".join(md) + "\n")
+    summary = {"n_cells": int(len(cells)), "n_finished": int((cells.status == "finished").sum()),
+               "claims": {r["claim"]: r["verdict"] for r in cl.to_dict("records")},
+               "tri_modal_dsc": tables.get("modalities", pd.DataFrame()).set_index("level").get("dsc_mean", {}).get(
+                   abl.baseline.get("modalities"), float("nan")) if "modalities" in tables else float("nan")}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    return summary
