@@ -141,6 +141,28 @@ def report(family: str = typer.Argument(..., help="model family, e.g. fusion_seg
 
 
 @app.command()
+def promote(family: str = typer.Argument(..., help="model family, e.g. fusion_seg"),
+            rollback: bool = typer.Option(False, "--rollback", help="restore the previous champion")):
+    """Register the best cell as `challenger`; move `champion` only when every gate passes."""
+    from medops import stages
+
+    try:
+        d = stages.rollback(_cfg(), family) if rollback else stages.promote(_cfg(), family)
+    except MedopsError as exc:
+        _fail(exc)
+    if d["action"] == "rolled_back":
+        typer.echo(f"{family}: champion rolled back from v{d['from']} to v{d['champion']}")
+        return
+    typer.echo(f"{family}: candidate {d['candidate_cell']}/seed{d['candidate_seed']} -> version {d['version']}: "
+               f"{d['action'].upper()}")
+    for g in d.get("gates", []):
+        typer.echo(f"  [{'PASS' if g['passed'] else 'FAIL'}] {g['gate']}: {g['reason']}")
+    for r in d.get("reasons", []) if d["action"] == "unchanged" else []:
+        typer.echo(f"  {r}")
+    typer.echo(f"  champion: {'v' + str(d['champion']) if d.get('champion') else 'none'}")
+
+
+@app.command()
 def show(family: str = typer.Argument(..., help="model family, e.g. fusion_seg")):
     """Print the last evaluation's test table and the command that opens its MLflow run."""
     from medops import stages

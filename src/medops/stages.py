@@ -216,3 +216,133 @@ def report(cfg: Config, family: str) -> dict:
         tracking.log_artifacts_to(parent, out, "report")
     summary["parent_run_id"] = parent
     return summary
+
+
+def promotion_dir() -> Path:
+    return Path("reports/promotion")
+
+
+def _model_card(family: str, version: str, cand, tags: dict, gates, fcfg, cell_table_row: dict | None) -> str:
+    lines = [f"# Model card — {family} version {version}", "",
+             "**Intended use:** research use only, not for diagnosis. Trained and tested on *simulated* "
+             "tri-modal breast images (US, MG, MRI); performance on real patients is unknown.", "",
+             "## Provenance", "",
+             f"- MLflow run: `{cand.run_id}` (cell `{cand.cell}`, seed {cand.seed})",
+             f"- Dataset: `{tags.get('dataset')}`, version `{tags.get('dataset_version')}`",
+             f"- Validation: **{tags.get('validation')}** (manifest sha256 `{tags.get('validation_manifest_sha256', '')[:16]}…`)",
+             f"- Code: git `{tags.get('git_commit')}`; profile `{tags.get('profile')}`",
+             f"- Model: {', '.join(f'{k}={v}' for k, v in tags.items() if k.startswith('factor.'))}", "",
+             "## Test metrics (this seed)", "",
+             "| DSC | IoU | sensitivity | specificity |", "|---|---|---|---|",
+             f"| {cand.test_dsc:.3f} | {cand.test_iou:.3f} | {cand.test_sensitivity:.3f} | {cand.test_specificity:.3f} |", ""]
+    if cell_table_row:
+        lines += ["## This cell over all seeds (mean ± 95 % CI)", "",
+                  " ".join(f"{m.upper()} {100 * cell_table_row[f'{m}_mean']:.1f} ± {100 * cell_table_row[f'{m}_ci95']:.1f} %;"
+                           for m in ("dsc", "iou", "sensitivity", "specificity")), ""]
+    lines += ["## Promotion gates", ""] + [f"- {'PASS' if g.passed else 'FAIL'} `{g.name}`: {g.reason}" for g in gates]
+    rep = ablation_report_dir(family) / "report.md"
+    if rep.exists():
+        lines += ["", "## Ablation (from `medops report`)", "", rep.read_text().split("\n", 1)[1]]
+    lines += ["", "## Known limitations", "",
+              "- Simulated data calibrated on image appearance, not on clinical data; no external validation.",
+              "- 2-D slices at the profile's image size; one lesion per case; MG treated as co-registered with US.",
+              "- Confidence intervals are over few seeds (t-interval); per-case tests assume independent cases.",
+              "- Figures: see the ablation parent run's `report/figures/` and this run's artifacts."]
+    return "\n".join(lines) + "\n"
+
+
+def promote(cfg: Config, family: str) -> dict:
+    """Register the best ablation cell as `challenger`; move `champion` only when every gate passes."""
+    import torch
+
+    from medops.data.dataset import ShardDataset
+    from medops.engine import load_checkpoint
+    from medops.experiments.promotion import evaluate_gates, select_candidate
+    from medops.experiments.report import collect
+    from medops.preprocess import load_index
+    from medops.tracking import registry
+
+    fam = get_family(family)
+    fcfg = cfg.family(family)
+    abl, pc = fcfg.ablation, fcfg.promote
+    cells = collect(model_dir(family) / "cells", abl)
+    try:
+        cand = select_candidate(cells)
+    except ValueError as exc:
+        raise MedopsError(f"ablation of {family}", str(exc), "run the ablation (dvc repro) first") from exc
+    cdir = cell_dir(family, cand.cell, int(cand.seed))
+    tags = registry.run_tags(cand.run_id)
+    net = build_model(abl.cell_model(cand.cell, fcfg.model))
+    net.load_state_dict(load_checkpoint(cdir / "best.pt")["model"])
+    pre = preprocessed_dir(fam.dataset)
+    example = ShardDataset(pre, load_index(pre), "test").images[:1].float().numpy()
+    model_uri = registry.ensure_model_logged(cand.run_id, torch.nn.Sequential(net.eval(), torch.nn.Sigmoid()), example)
+    existing = registry.version_for_run(family, cand.run_id)
+    champion = registry.alias_version(family, "champion")
+    decision = {"family": family, "candidate_cell": cand.cell, "candidate_seed": int(cand.seed),
+                "run_id": cand.run_id}
+    if existing is not None and champion == existing.version:
+        decision.update(version=existing.version, action="unchanged", champion=champion,
+                        reasons=["nothing new: the best cell is already the champion"])
+        return _write_decision(family, decision)
+    version = existing.version if existing is not None else registry.register(family, model_uri, cand.run_id).version
+    if registry.alias_version(family, "challenger") != version:
+        registry.set_alias(family, "challenger", version)
+    cand_cases = pd.read_csv(cdir / "per_case.csv").query("condition == 'full'").set_index("case_id")[pc.metric]
+    champ_cases = None
+    if champion is not None:
+        champ_run = registry.version_run_id(family, champion)
+        tmp = Path(tempfile.mkdtemp(prefix="medops-champ-"))
+        p = registry.download(champ_run, "evaluation/per_case.csv", tmp)
+        df = pd.read_csv(p)
+        champ_cases = (df.query("condition == 'full'") if "condition" in df else df).set_index("case_id")[pc.metric]
+    gates = evaluate_gates(validation=tags.get("validation", "unknown"), test_mean=float(cand[f"test_{pc.metric}"]),
+                           floor=pc.floor, metric=pc.metric, candidate_cases=cand_cases, champion_cases=champ_cases,
+                           alpha=pc.alpha)
+    promoted = all(g.passed for g in gates)
+    table_row = None
+    for f in (ablation_report_dir(family)).glob("table_*.csv"):
+        t = pd.read_csv(f)
+        hit = t[t.cell == cand.cell]
+        if len(hit):
+            table_row = hit.iloc[0].to_dict()
+            break
+    card = _model_card(family, version, cand, tags, gates, fcfg, table_row)
+    registry.log_text(cand.run_id, card, f"model_card_v{version}.md")
+    registry.describe_version(family, version, card)
+    registry.tag_version(family, version, {
+        "promotion.decision": "promoted" if promoted else "refused",
+        "promotion.reasons": "; ".join(g.reason for g in gates if (not g.passed) or promoted),
+        **{f"gate.{g.name}": ("pass: " if g.passed else "fail: ") + g.reason for g in gates},
+        "cell": cand.cell, "seed": int(cand.seed)})
+    if promoted:
+        registry.set_alias(family, "champion", version)
+        registry.set_champion_history(family, registry.champion_history(family) + [version])
+    decision.update(version=version, action="promoted" if promoted else "refused",
+                    champion=version if promoted else champion,
+                    gates=[{"gate": g.name, "passed": g.passed, "reason": g.reason} for g in gates],
+                    reasons=[g.reason for g in gates if not g.passed] or ["all gates passed"])
+    return _write_decision(family, decision)
+
+
+def _write_decision(family: str, decision: dict) -> dict:
+    out = promotion_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{family}.json").write_text(json.dumps(decision, indent=2))
+    return decision
+
+
+def rollback(cfg: Config, family: str) -> dict:
+    """Point `champion` back at the previous champion; a clear error (aliases unchanged) when there is none."""
+    from medops.tracking import registry
+
+    hist = registry.champion_history(family)
+    current = registry.alias_version(family, "champion")
+    if len(hist) < 2:
+        raise MedopsError(f"registered model '{family}'", "no previous champion to roll back to "
+                          f"(champion history: {hist or 'empty'})", "promote another version first; aliases unchanged")
+    prev = hist[-2]
+    registry.set_alias(family, "champion", prev)
+    registry.set_champion_history(family, hist[:-1])
+    registry.tag_version(family, current or hist[-1], {"promotion.rolled_back": f"champion moved back to v{prev}"})
+    return _write_decision(family, {"family": family, "action": "rolled_back", "from": current, "champion": prev})
