@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, save
+from _common import RESULTS, ROOT, save
 
 
 def main(profile: str = "smoke") -> dict:
@@ -25,10 +25,17 @@ def main(profile: str = "smoke") -> dict:
     subprocess.run("git init -q && git add -A && git commit -qm b", cwd=dst, shell=True, check=True, env=env)
     subprocess.run(["medops", "profile", profile], cwd=dst, check=True, env=env, capture_output=True)
     t0 = time.perf_counter()
-    subprocess.run(["dvc", "repro"], cwd=dst, check=True, env=env, capture_output=True)
+    subprocess.run(["dvc", "repro", "evaluate"], cwd=dst, check=True, env=env, capture_output=True)
     wall = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    subprocess.run(["dvc", "repro"], cwd=dst, check=True, env=env, capture_output=True)
+    wall_ablation = time.perf_counter() - t0
     m = json.loads((dst / "reports/fusion_seg/metrics.json").read_text())
+    rep = json.loads((dst / "reports/ablation/fusion_seg/summary.json").read_text())
+    shutil.copytree(dst / "reports/ablation", RESULTS / f"ablation_{profile}", dirs_exist_ok=True)
     res = {"profile": profile, "wall_s": round(wall, 1), "goal_s": {"smoke": 120, "quick": 600}.get(profile),
+           "ablation_report_promote_wall_s": round(wall_ablation, 1), "ablation_goal_s": 1200,
+           "ablation_cells_finished": f"{rep['n_finished']}/{rep['n_cells']}", "claims": rep["claims"],
            "test_dsc_model": round(m["model"]["dsc"], 3), "test_dsc_best_baseline": round(m["baseline"]["dsc"], 3),
            "baseline": m["baseline_best"], "n_test_cases": m["n_test_cases"]}
     save(f"pipeline_walltime_{profile}", res)

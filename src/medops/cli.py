@@ -163,6 +163,28 @@ def promote(family: str = typer.Argument(..., help="model family, e.g. fusion_se
 
 
 @app.command()
+def predict(model: str = typer.Option("models:/fusion_seg@champion", help="MLflow model URI"),
+            input: Path = typer.Option(..., "--input", help="case folder (us/mg/mri images) or manifest.parquet"),
+            out: Path = typer.Option(Path("predictions"), help="output folder"),
+            threshold: float = typer.Option(0.5, help="probability threshold")):
+    """Masks (PNG) + a JSON summary per case; the same preprocessing as training; refuses invalid input."""
+    from medops.predict import predict as run_predict
+
+    try:
+        res = run_predict(model, input, out, _cfg().validate, _cfg().preprocess, threshold)
+    except ValidationFailed as exc:
+        for line in exc.lines:
+            typer.echo(f"REFUSED {line}", err=True)
+        typer.echo(f"input refused: {len(exc.lines)} validation failure(s); nothing predicted", err=True)
+        raise typer.Exit(1)
+    except MedopsError as exc:
+        _fail(exc)
+    for r in res:
+        typer.echo(f"{r['case_id']}: tumour fraction {r['tumour_fraction']:.3f}, max p {r['max_probability']:.2f} "
+                   f"-> {out / r['mask_png']}")
+
+
+@app.command()
 def show(family: str = typer.Argument(..., help="model family, e.g. fusion_seg")):
     """Print the last evaluation's test table and the command that opens its MLflow run."""
     from medops import stages
@@ -176,6 +198,16 @@ def show(family: str = typer.Argument(..., help="model family, e.g. fusion_seg")
     run = json.loads((stages.model_dir(family) / "run.json").read_text())
     typer.echo(f"test set ({m['n_test_cases']} cases, profile {_cfg().profile}):")
     typer.echo(format_table(m))
+    rep = stages.ablation_report_dir(family) / "report.md"
+    if rep.exists():
+        text = rep.read_text()
+        typer.echo("\n" + text.split("\n## Loss curve")[0].strip())
+        typer.echo(f"(full ablation report: {rep})")
+    dec = stages.promotion_dir() / f"{family}.json"
+    if dec.exists():
+        d = json.loads(dec.read_text())
+        typer.echo(f"\nregistry: {family} champion = v{d.get('champion')}  (last decision: {d['action']} "
+                   f"version {d.get('version', d.get('from'))}; {'; '.join(d.get('reasons', []))})")
     typer.echo(f"MLflow UI: {ui_command('.', run)}")
 
 

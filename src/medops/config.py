@@ -159,6 +159,13 @@ class AblationConfig:
             raise ConfigError(f"cell '{cell}'", "not an ablation cell", f"use one of {list(self.cells)}")
         return {**self.baseline, **(self.cells[cell] or {})}
 
+    def cell_train(self, cell: str, base: "TrainConfig", seed: int) -> "TrainConfig":
+        """The training config of a cell: the ablation's epochs, the seed, and any factor named
+        after a TrainConfig field (e.g. ``lr``) set to the cell's level."""
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        kw = {k: v for k, v in self.levels(cell).items() if k in names}
+        return dataclasses.replace(base, epochs=self.epochs, seed=seed, **kw)
+
     def cell_model(self, cell: str, base: "ModelConfig") -> "ModelConfig":
         """The model config of a cell: factor levels mapped onto ModelConfig fields."""
         lv = self.levels(cell)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -96,7 +96,7 @@ def train(cfg: Config, family: str, *, resume: bool = False, progress: bool = Tr
         if seed is None:
             raise MedopsError("--seed", "an ablation cell needs a seed", f"pass one of {list(abl.seeds)}")
         model_cfg = abl.cell_model(cell, fcfg.model)
-        train_cfg = replace(fcfg.train, epochs=abl.epochs, seed=seed)
+        train_cfg = abl.cell_train(cell, fcfg.train, seed)
         out = cell_dir(family, cell, seed)
     validation = require_passed(data, validation_dir(fam.dataset))
     index = load_index(pre)

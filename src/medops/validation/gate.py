@@ -87,7 +87,8 @@ def _image_stats(root: Path, row) -> dict:
     return out
 
 
-def build_tables(root: Path, manifest: pd.DataFrame, progress: bool = True) -> dict[str, pd.DataFrame]:
+def build_tables(root: Path, manifest: pd.DataFrame, progress: bool = True,
+                 required: tuple[str, ...] = tuple(MODALITY_SPEC)) -> dict[str, pd.DataFrame]:
     missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
     if missing:
         raise DataError(str(root / "manifest.parquet"), f"manifest_columns: missing {missing}",
@@ -100,7 +101,7 @@ def build_tables(root: Path, manifest: pd.DataFrame, progress: bool = True) -> d
     present = images.groupby("case_id")["modality"].apply(lambda s: sorted(set(s)))
     cases = pd.DataFrame({
         "case_id": present.index,
-        "missing": [",".join(sorted(set(MODALITY_SPEC) - set(m))) for m in present],
+        "missing": [",".join(sorted(set(required) - set(m))) for m in present],
     })
     pats = images.groupby("patient_id")["split"].apply(lambda s: ",".join(sorted(set(map(str, s)))))
     patients = pd.DataFrame({"patient_id": pats.index, "splits": pats.values,
@@ -229,21 +230,28 @@ def manifest_digest(root: Path) -> str:
     return file_sha256(Path(root) / "manifest.parquet")
 
 
-def validate_dataset(root: str | Path, cfg: ValidateConfig, report_dir: str | Path, progress: bool = True) -> dict:
-    """Validate the dataset under ``root``; write the report; raise on any failure."""
+def validate_dataset(root: str | Path, cfg: ValidateConfig, report_dir: str | Path, progress: bool = True,
+                     required: tuple[str, ...] = tuple(MODALITY_SPEC), manifest: pd.DataFrame | None = None) -> dict:
+    """Validate the dataset under ``root``; write the report; raise on any failure.
+
+    ``required``: the modalities every case must have (prediction inputs need no mask).
+    ``manifest``: validate this table instead of ``root/manifest.parquet`` (nothing is written under root).
+    """
     root, report_dir = Path(root), Path(report_dir)
     mpath = root / "manifest.parquet"
-    if not mpath.exists():
-        raise DataError(str(mpath), "manifest_exists: no manifest", "run `medops generate` or write a manifest.parquet")
-    manifest = pd.read_parquet(mpath)
-    tables = build_tables(root, manifest, progress=progress)
+    if manifest is None:
+        if not mpath.exists():
+            raise DataError(str(mpath), "manifest_exists: no manifest",
+                            "run `medops generate` or write a manifest.parquet")
+        manifest = pd.read_parquet(mpath)
+    tables = build_tables(root, manifest, progress=progress, required=required)
     report_dir.mkdir(parents=True, exist_ok=True)
     failures = run_suites(tables, cfg, report_dir / "data_docs")
     tables["images"].to_csv(report_dir / "image_stats.csv", index=False)
     summary = {
         "status": "failed" if failures else "passed",
         "dataset": str(root),
-        "manifest_sha256": manifest_digest(root),
+        "manifest_sha256": manifest_digest(root) if mpath.exists() else "in-memory",
         "n_images": int(len(manifest)),
         "n_cases": int(manifest["case_id"].nunique()),
         "failures": failures,
