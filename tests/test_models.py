@@ -62,3 +62,26 @@ def test_metrics_match_paper_formulas():
     assert m["iou"] == pytest.approx(tp / (tp + fp + fn))
     assert m["sensitivity"] == pytest.approx(tp / (tp + fn))
     assert m["specificity"] == pytest.approx(tn / (tn + fp))
+
+
+@pytest.mark.parametrize("fusion", ["early", "late", "concat", "attention"])
+def test_every_fusion_strategy_trains_a_step(fusion):
+    net = get_model("fusion_seg", fusion=fusion, channels=(4, 8))
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    x, y = torch.rand(2, 3, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x), y)
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)
+
+
+def test_late_fusion_learns_modality_weights():
+    net = get_model("fusion_seg", fusion="late", channels=(4, 8))
+    assert len(net.nets) == 3 and net.logit_weights.shape == (3,)
+    assert abs(sum(net.attention_weights().values()) - 1) < 1e-6
+
+
+def test_early_fusion_has_one_encoder_over_the_stack():
+    net = get_model("fusion_seg", fusion="early", modalities=("us", "mri"), channels=(4, 8))
+    assert list(net.encoders) == ["stack"]
+    assert net.encoders["stack"].stages[0].conv.unit0.conv.in_channels == 2

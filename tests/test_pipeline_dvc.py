@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -35,6 +36,17 @@ def project(tmp_path_factory):
         if (ROOT / f).is_file():
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, dst / f)
+    # a small ablation for the test suite: 4 cells x 3 seeds, one of which diverges (lr 1e30)
+    params = (dst / "params.yaml").read_text()
+    head, rest = params.split("    cells:\n", 1)
+    tail = rest[rest.index("\n\n"):]
+    head = head.replace("      arch: [fusion_seg, unet, attention_unet]                      # review 001 baselines (MONAI)",
+                        "      arch: [fusion_seg, unet, attention_unet]\n      lr: [0.003, 1.0e+30]")
+    head = head.replace("baseline: {modalities: us_mg_mri, fusion: attention, arch: fusion_seg}",
+                        "baseline: {modalities: us_mg_mri, fusion: attention, arch: fusion_seg, lr: 0.003}")
+    cells = ("    cells:\n      tri_attention: {}\n      mri: {modalities: mri}\n      concat: {fusion: concat}\n"
+             "      diverge: {lr: 1.0e+30}")
+    (dst / "params.yaml").write_text(head + cells + tail)
     _sh("git init -q && git add -A && git commit -qm init", dst)
     _sh("medops profile smoke", dst)
     repro = _sh("dvc repro", dst)
@@ -100,11 +112,164 @@ def test_second_repro_does_nothing_and_push_works(project):
     assert any((dst / "dvc-remote").rglob("*"))
 
 
-def test_make_run_prints_table_and_ui_command(project):
+def test_make_run_prints_table_ablation_champion_and_ui_command(project):
     dst, _ = project
     r = _sh("medops show fusion_seg", dst)
     assert "DSC" in r.stdout and "otsu_" in r.stdout
+    assert "Uni- vs bi- vs tri-modal" in r.stdout and "## Claims" in r.stdout
+    assert "champion = v1" in r.stdout
     assert "mlflow ui --backend-store-uri sqlite:///" in r.stdout
+
+
+def _client(dst):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(f"sqlite:///{dst / 'mlflow.db'}")
+    return MlflowClient()
+
+
+def test_ablation_cells_are_child_runs_of_one_parent_with_the_report(project):
+    dst, _ = project
+    client = _client(dst)
+    cells = pd.read_csv(dst / "reports/ablation/fusion_seg/cells.csv")
+    assert len(cells) == 12
+    parents = {client.get_run(r).data.tags["mlflow.parentRunId"] for r in cells.run_id}
+    assert len(parents) == 1
+    parent = parents.pop()
+    names = {client.get_run(r).info.run_name for r in cells.run_id}
+    assert "fusion_seg/mri/seed2" in names
+    arts = {a.path for a in client.list_artifacts(parent, "report")}
+    assert "report/report.md" in arts and "report/figures" in arts
+
+
+def test_failed_cell_is_marked_and_the_report_shows_the_gap(project):
+    dst, _ = project
+    client = _client(dst)
+    cells = pd.read_csv(dst / "reports/ablation/fusion_seg/cells.csv")
+    failed = cells[cells.cell == "diverge"]
+    assert (failed.status == "failed").all()
+    run = client.get_run(failed.run_id.iloc[0])
+    assert run.info.status == "FAILED" and "non-finite training loss" in run.data.tags["failure_reason"]
+    assert (cells[cells.cell != "diverge"].status == "finished").all()
+    md = (dst / "reports/ablation/fusion_seg/report.md").read_text()
+    assert "## Gaps" in md and "| diverge | 1 | failed | non-finite training loss" in md
+    for t in ("Uni- vs bi- vs tri-modal", "Fusion strategy", "## Claims", "Loss curve", "Missing modality"):
+        assert t in md
+    mm = pd.read_csv(dst / "reports/ablation/fusion_seg/missing_modality.csv")
+    assert set(mm.condition) == {"full", "minus_us", "minus_mg", "minus_mri"}
+
+
+def test_promotion_by_repro_sets_aliases_tags_and_model_card(project):
+    dst, _ = project
+    client = _client(dst)
+    d = json.loads((dst / "reports/promotion/fusion_seg.json").read_text())
+    assert d["action"] == "promoted" and d["version"] == "1"
+    assert client.get_model_version_by_alias("fusion_seg", "champion").version == "1"
+    assert client.get_model_version_by_alias("fusion_seg", "challenger").version == "1"
+    v = client.get_model_version("fusion_seg", "1")
+    assert v.tags["promotion.decision"] == "promoted" and v.tags["gate.data_validated"].startswith("pass")
+    assert "research use only, not for diagnosis" in v.description
+    assert any(a.path == "model_card_v1.md" for a in client.list_artifacts(v.run_id))
+
+
+def test_promote_twice_with_nothing_new_changes_nothing(project):
+    dst, _ = project
+    client = _client(dst)
+    n_before = len(client.search_model_versions("name='fusion_seg'"))
+    r = _sh("medops promote fusion_seg", dst)
+    assert "UNCHANGED" in r.stdout and "nothing new" in r.stdout
+    assert len(client.search_model_versions("name='fusion_seg'")) == n_before
+    assert client.get_model_version_by_alias("fusion_seg", "champion").version == "1"
+
+
+def test_rollback_without_previous_champion_is_a_clear_error(project):
+    dst, _ = project
+    client = _client(dst)
+    r = _sh("medops promote fusion_seg --rollback", dst, check=False)
+    assert r.returncode == 2 and "no previous champion" in r.stderr and "aliases unchanged" in r.stderr
+    assert client.get_model_version_by_alias("fusion_seg", "champion").version == "1"
+
+
+def test_promotion_refused_when_the_data_failed_validation(project):
+    dst, _ = project
+    client = _client(dst)
+    v1 = client.get_model_version("fusion_seg", "1")
+    client.set_tag(v1.run_id, "validation", "failed")        # its data did not pass the gate
+    client.delete_registered_model_alias("fusion_seg", "champion")
+    client.set_registered_model_tag("fusion_seg", "champion_history", "[]")
+    try:
+        r = _sh("medops promote fusion_seg", dst)
+        assert "REFUSED" in r.stdout and "did not pass validation" in r.stdout
+        assert "champion: none" in r.stdout
+        with pytest.raises(Exception):
+            client.get_model_version_by_alias("fusion_seg", "champion")
+        assert client.get_model_version("fusion_seg", "1").tags["promotion.decision"] == "refused"
+    finally:
+        client.set_tag(v1.run_id, "validation", "passed")
+        _sh("medops promote fusion_seg", dst)
+    assert client.get_model_version_by_alias("fusion_seg", "champion").version == "1"
+
+
+def test_rollback_restores_the_previous_champion(project):
+    dst, _ = project
+    client = _client(dst)
+    cells = pd.read_csv(dst / "reports/ablation/fusion_seg/cells.csv")
+    champion_run = client.get_model_version("fusion_seg", "1").run_id
+    other = cells[(cells.status == "finished") & (cells.run_id != champion_run)].run_id.iloc[0]
+    v2 = client.create_model_version("fusion_seg", client.get_model_version("fusion_seg", "1").source, run_id=other)
+    client.set_registered_model_alias("fusion_seg", "champion", v2.version)
+    client.set_registered_model_tag("fusion_seg", "champion_history", json.dumps(["1", v2.version]))
+    r = _sh("medops promote fusion_seg --rollback", dst)
+    assert f"from v{v2.version} to v1" in r.stdout
+    assert client.get_model_version_by_alias("fusion_seg", "champion").version == "1"
+
+
+def test_predict_with_the_champion_and_refuse_bad_input(project, tmp_path):
+    dst, _ = project
+    case = tmp_path / "case_a"
+    case.mkdir()
+    src = dst / "data/raw/breast-trimodal"
+    for m in ("us", "mg", "mri"):
+        shutil.copy(src / m / "case_00001.png", case / f"{m}.png")
+    out = tmp_path / "pred"
+    r = _sh(f"medops predict --model models:/fusion_seg@champion --input {case} --out {out}", dst)
+    assert "case_a" in r.stdout
+    summary = json.loads((out / "case_a.json").read_text())
+    assert summary["model_version"] == "1" and summary["image_size"] == 64 and summary["validation"] == "passed"
+    from medops.data.io import read_image
+
+    mask = read_image(out / "case_a_mask.png")
+    assert mask.shape == (256, 256) and set(np.unique(mask)) <= {0, 255}
+    # manifest input works too
+    r = _sh(f"medops predict --input {src / 'manifest.parquet'} --out {tmp_path / 'pred_all'}", dst)
+    assert len(list((tmp_path / "pred_all").glob("case_*.json"))) == 24
+    # bad input: a truncated MRI is refused with the reason, nothing predicted
+    (case / "mri.png").write_bytes((case / "mri.png").read_bytes()[:100])
+    bad_out = tmp_path / "pred_bad"
+    r = _sh(f"medops predict --input {case} --out {bad_out}", dst, check=False)
+    assert r.returncode == 1 and "mri.png" in r.stderr and "rule readable" in r.stderr
+    assert not list(bad_out.glob("*.json")) and not list(bad_out.glob("*_mask.png"))
+
+
+def test_changing_one_cell_reruns_only_that_cell(project):
+    dst, _ = project
+    params = dst / "params.yaml"
+    original = params.read_text()
+    try:
+        params.write_text(original.replace("      concat: {fusion: concat}", "      concat: {fusion: concat, arch: fusion_seg}"))
+        st = _sh("dvc status", dst).stdout
+        changed = {ln.rstrip(":") for ln in st.splitlines() if ln and not ln.startswith((" ", "\t"))}
+        assert {"ablate@concat-1", "ablate@concat-2", "ablate@concat-3"} <= changed
+        assert not any(c.startswith(("ablate@mri", "ablate@tri_attention", "ablate@diverge", "train", "generate"))
+                       for c in changed), changed
+        params.write_text(original.replace("seeds: [1, 2, 3]", "seeds: [1, 2, 3, 4]"))
+        st = _sh("dvc status", dst).stdout
+        changed = {ln.rstrip(":") for ln in st.splitlines() if ln and not ln.startswith((" ", "\t"))}
+        new = {c for c in changed if c.startswith("ablate@")}
+        assert new == {"ablate@tri_attention-4", "ablate@mri-4", "ablate@concat-4", "ablate@diverge-4"}, new
+    finally:
+        params.write_text(original)
 
 
 def test_cli_train_killed_mid_run_then_resumed_matches_uninterrupted(project):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import cv2
@@ -52,7 +52,7 @@ def preprocess_config_of(run_params: dict, default: PreprocessConfig) -> Preproc
         cur = getattr(default, f.name)
         kw[f.name] = tuple(int(x) for x in v.strip("()[]").split(",") if x.strip()) if isinstance(cur, tuple) \
             else type(cur)(v)
-    return PreprocessConfig(**{**{f.name: getattr(default, f.name) for f in fields(PreprocessConfig)}, **kw})
+    return replace(default, **kw)
 
 
 def predict(model_uri: str, inp: Path, out: Path, vcfg: ValidateConfig, default_pre: PreprocessConfig,
