@@ -246,8 +246,10 @@ def _model_card(family: str, version: str, cand, tags: dict, gates, fcfg, cell_t
     lines += ["", "## Known limitations", "",
               "- Simulated data calibrated on image appearance, not on clinical data; no external validation.",
               "- 2-D slices at the profile's image size; one lesion per case; MG treated as co-registered with US.",
-              "- Confidence intervals are over few seeds (t-interval); per-case tests assume independent cases.",
-              "- Figures: see the ablation parent run's `report/figures/` and this run's artifacts."]
+              "- Confidence intervals are over few seeds (t-interval); per-case tests assume independent cases."]
+    figs = sorted((ablation_report_dir(family) / "figures").glob("*.png"))
+    if figs:
+        lines += ["", "## Figures", ""] + [f"![{f.stem}](model_card_figures/{f.name})" for f in figs]
     return "\n".join(lines) + "\n"
 
 
@@ -259,6 +261,7 @@ def promote(cfg: Config, family: str) -> dict:
     from medops.engine import load_checkpoint
     from medops.experiments.promotion import evaluate_gates, select_candidate
     from medops.experiments.report import collect
+    from medops import tracking
     from medops.preprocess import load_index
     from medops.tracking import registry
 
@@ -309,6 +312,8 @@ def promote(cfg: Config, family: str) -> dict:
             break
     card = _model_card(family, version, cand, tags, gates, fcfg, table_row)
     registry.log_text(cand.run_id, card, f"model_card_v{version}.md")
+    if (ablation_report_dir(family) / "figures").exists():
+        tracking.log_artifacts_to(cand.run_id, ablation_report_dir(family) / "figures", "model_card_figures")
     registry.describe_version(family, version, card)
     registry.tag_version(family, version, {
         "promotion.decision": "promoted" if promoted else "refused",

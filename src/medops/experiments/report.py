@@ -48,10 +48,11 @@ def _cell_for(abl: AblationConfig, factor: str, level: str) -> str | None:
     return None
 
 
-def _fmt(mean, half, scale=100.0):
+def _fmt(mean, half, scale=100.0, digits=1):
     if mean != mean:
         return "—"
-    return f"{mean * scale:.1f} ± {half * scale:.1f}" if half == half else f"{mean * scale:.1f}"
+    return (f"{mean * scale:.{digits}f} ± {half * scale:.{digits}f}" if half == half
+            else f"{mean * scale:.{digits}f}")
 
 
 def factor_tables(abl: AblationConfig, cells: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -192,8 +193,8 @@ def build_report(cells_root: Path, abl: AblationConfig, out: Path, *, alpha: flo
     md += ["", "## Loss curve (paper 000, Table 8), baseline cell", "",
            "| paper epoch | our epoch | train loss | val loss | paper train | paper val |", "|---|---|---|---|---|---|"]
     for r in lt.itertuples():
-        md.append(f"| {r.paper_epoch} | {r.our_epoch} | {_fmt(r.train_loss_mean, r.train_loss_ci95, 1):} | "
-                  f"{_fmt(r.val_loss_mean, r.val_loss_ci95, 1)} | {r.paper_train_loss} | {r.paper_val_loss} |")
+        md.append(f"| {r.paper_epoch} | {r.our_epoch} | {_fmt(r.train_loss_mean, r.train_loss_ci95, 1, 3)} | "
+                  f"{_fmt(r.val_loss_mean, r.val_loss_ci95, 1, 3)} | {r.paper_train_loss} | {r.paper_val_loss} |")
     md += ["", "## Missing modality at test time (baseline cell)", "", "| condition | DSC % |", "|---|---|"]
     for r in mm.itertuples():
         md.append(f"| {r.condition} | {_fmt(r.dsc_mean, r.dsc_ci95)} |")
