@@ -165,8 +165,8 @@ def test_promotion_by_repro_sets_aliases_tags_and_model_card(project):
     client = _client(dst)
     d = json.loads((dst / "reports/promotion/fusion_seg.json").read_text())
     assert d["action"] == "promoted" and d["version"] == "1"
-    assert client.get_model_version_by_alias("fusion_seg", "champion").version == "1"
-    assert client.get_model_version_by_alias("fusion_seg", "challenger").version == "1"
+    assert str(client.get_model_version_by_alias("fusion_seg", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("fusion_seg", "challenger").version) == "1"
     v = client.get_model_version("fusion_seg", "1")
     assert v.tags["promotion.decision"] == "promoted" and v.tags["gate.data_validated"].startswith("pass")
     assert "research use only, not for diagnosis" in v.description
@@ -180,7 +180,7 @@ def test_promote_twice_with_nothing_new_changes_nothing(project):
     r = _sh("medops promote fusion_seg", dst)
     assert "UNCHANGED" in r.stdout and "nothing new" in r.stdout
     assert len(client.search_model_versions("name='fusion_seg'")) == n_before
-    assert client.get_model_version_by_alias("fusion_seg", "champion").version == "1"
+    assert str(client.get_model_version_by_alias("fusion_seg", "champion").version) == "1"
 
 
 def test_rollback_without_previous_champion_is_a_clear_error(project):
@@ -188,7 +188,7 @@ def test_rollback_without_previous_champion_is_a_clear_error(project):
     client = _client(dst)
     r = _sh("medops promote fusion_seg --rollback", dst, check=False)
     assert r.returncode == 2 and "no previous champion" in r.stderr and "aliases unchanged" in r.stderr
-    assert client.get_model_version_by_alias("fusion_seg", "champion").version == "1"
+    assert str(client.get_model_version_by_alias("fusion_seg", "champion").version) == "1"
 
 
 def test_promotion_refused_when_the_data_failed_validation(project):
@@ -208,7 +208,7 @@ def test_promotion_refused_when_the_data_failed_validation(project):
     finally:
         client.set_tag(v1.run_id, "validation", "passed")
         _sh("medops promote fusion_seg", dst)
-    assert client.get_model_version_by_alias("fusion_seg", "champion").version == "1"
+    assert str(client.get_model_version_by_alias("fusion_seg", "champion").version) == "1"
 
 
 def test_rollback_restores_the_previous_champion(project):
@@ -222,7 +222,7 @@ def test_rollback_restores_the_previous_champion(project):
     client.set_registered_model_tag("fusion_seg", "champion_history", json.dumps(["1", v2.version]))
     r = _sh("medops promote fusion_seg --rollback", dst)
     assert f"from v{v2.version} to v1" in r.stdout
-    assert client.get_model_version_by_alias("fusion_seg", "champion").version == "1"
+    assert str(client.get_model_version_by_alias("fusion_seg", "champion").version) == "1"
 
 
 def test_predict_with_the_champion_and_refuse_bad_input(project, tmp_path):

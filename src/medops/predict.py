@@ -107,7 +107,7 @@ def _version(model_uri: str) -> str | None:
 
             name, ref = model_uri.split("models:/", 1)[1].replace("@", "/").split("/", 1)
             c = MlflowClient()
-            return c.get_model_version_by_alias(name, ref).version if "@" in model_uri else ref
+            return str(c.get_model_version_by_alias(name, ref).version) if "@" in model_uri else ref
         except Exception:
             return None
     return None

@@ -284,11 +284,11 @@ def promote(cfg: Config, family: str) -> dict:
     champion = registry.alias_version(family, "champion")
     decision = {"family": family, "candidate_cell": cand.cell, "candidate_seed": int(cand.seed),
                 "run_id": cand.run_id}
-    if existing is not None and champion == existing.version:
-        decision.update(version=existing.version, action="unchanged", champion=champion,
+    if existing is not None and champion == str(existing.version):
+        decision.update(version=str(existing.version), action="unchanged", champion=champion,
                         reasons=["nothing new: the best cell is already the champion"])
         return _write_decision(family, decision)
-    version = existing.version if existing is not None else registry.register(family, model_uri, cand.run_id).version
+    version = str(existing.version if existing is not None else registry.register(family, model_uri, cand.run_id).version)
     if registry.alias_version(family, "challenger") != version:
         registry.set_alias(family, "challenger", version)
     cand_cases = pd.read_csv(cdir / "per_case.csv").query("condition == 'full'").set_index("case_id")[pc.metric]

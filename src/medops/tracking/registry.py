@@ -56,13 +56,13 @@ def register(name: str, model_uri: str, run_id: str):
 
 def alias_version(name: str, alias: str) -> str | None:
     try:
-        return _client().get_model_version_by_alias(name, alias).version
+        return str(_client().get_model_version_by_alias(name, alias).version)
     except Exception:
         return None
 
 
 def set_alias(name: str, alias: str, version: str) -> None:
-    _client().set_registered_model_alias(name, alias, version)
+    _client().set_registered_model_alias(name, alias, str(version))
 
 
 def tag_version(name: str, version: str, tags: dict) -> None:
@@ -77,7 +77,7 @@ def describe_version(name: str, version: str, text: str) -> None:
 
 def champion_history(name: str) -> list[str]:
     try:
-        return json.loads(_client().get_registered_model(name).tags.get("champion_history", "[]"))
+        return [str(v) for v in json.loads(_client().get_registered_model(name).tags.get("champion_history", "[]"))]
     except Exception:
         return []
 
