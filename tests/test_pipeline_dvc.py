@@ -326,3 +326,30 @@ def test_cli_train_killed_mid_run_then_resumed_matches_uninterrupted(project):
         params.write_text(original)
         for p, b in saved.items():
             p.write_bytes(b)
+
+
+def test_ddp_two_processes_gloo_matches_one_process(project):
+    """`medops train --nproc 2` (torchrun, gloo on CPU): one MLflow run, one set of checkpoints, and the
+    same losses as one process with the same global batch within 0.01 (sampling order differs)."""
+    dst, _ = project
+    saved = {p: p.read_bytes() for p in (dst / "models/fusion_seg").iterdir() if p.is_file()}
+    client = _client(dst)
+    exp = client.get_experiment_by_name("fusion_seg").experiment_id
+    try:
+        _sh("medops train fusion_seg", dst)
+        one = pd.read_csv(dst / "models/fusion_seg/history.csv")
+        n_runs = len(client.search_runs([exp]))
+        _sh("medops train fusion_seg --nproc 2", dst)
+        two = pd.read_csv(dst / "models/fusion_seg/history.csv")
+        assert len(client.search_runs([exp])) == n_runs + 1
+        run = client.get_run(json.loads((dst / "models/fusion_seg/run.json").read_text())["run_id"])
+        assert run.data.params["world_size"] == "2" and run.info.status == "FINISHED"
+        assert len(client.get_metric_history(run.info.run_id, "train_loss")) == len(two)
+        files = sorted(p.name for p in (dst / "models/fusion_seg").glob("*.pt"))
+        assert files == ["best.pt", "last.pt"]
+        assert len(one) == len(two)
+        for col in ("train_loss", "val_loss"):
+            assert (one[col] - two[col]).abs().max() < 0.01, (col, one[col].tolist(), two[col].tolist())
+    finally:
+        for p, b in saved.items():
+            p.write_bytes(b)

@@ -94,14 +94,26 @@ def preprocess(dataset: str = typer.Option("breast-trimodal", help="dataset name
 def train(family: str = typer.Argument(..., help="model family, e.g. fusion_seg"),
           resume: bool = typer.Option(False, "--resume", help="continue from the last checkpoint"),
           cell: Optional[str] = typer.Option(None, help="ablation cell (params.yaml ablation.<family>.cells)"),
-          seed: Optional[int] = typer.Option(None, help="seed of the ablation cell")):
+          seed: Optional[int] = typer.Option(None, help="seed of the ablation cell"),
+          nproc: int = typer.Option(1, help="processes (GPUs) for DistributedDataParallel via torchrun")):
     """Train a family (or one ablation cell) with the shared engine; logs to MLflow."""
     from medops import stages
 
+    if nproc > 1:  # relaunch this same command under torchrun, one process per device
+        import subprocess
+        import sys
+
+        args = ["train", family] + (["--resume"] if resume else []) + (["--cell", cell] if cell else []) \
+            + (["--seed", str(seed)] if seed is not None else [])
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "medops.cli", "--params", str(_state["params"]), *args]
+        raise typer.Exit(subprocess.call(cmd))
     try:
         info = stages.train(_cfg(), family, resume=resume, progress=True, cell=cell, seed=seed)
     except MedopsError as exc:
         _fail(exc)
+    if "rank" in info:
+        return
     if info.get("status") == "failed":
         typer.echo(f"cell {cell} seed {seed} FAILED ({info['reason']}); marked in MLflow run {info['run_id']}", err=True)
         return

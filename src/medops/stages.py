@@ -83,11 +83,13 @@ def train(cfg: Config, family: str, *, resume: bool = False, progress: bool = Tr
     from medops import tracking
     from medops.data.dataset import ShardDataset
     from medops.engine import Trainer, load_checkpoint, seed_everything
+    from medops.engine.distributed import init_distributed, shutdown
     from medops.preprocess import load_index
     from medops.validation import require_passed
 
     fam = get_family(family)
     fcfg = cfg.family(family)
+    dinfo = init_distributed()  # one process unless launched by torchrun (medops train --nproc N)
     data, pre = data_dir(fam.dataset), preprocessed_dir(fam.dataset)
     model_cfg, train_cfg, out, parent = fcfg.model, fcfg.train, model_dir(family), None
     if cell is not None:
@@ -104,6 +106,12 @@ def train(cfg: Config, family: str, *, resume: bool = False, progress: bool = Tr
     seed_everything(train_cfg.seed)  # the initial weights are part of the run's seed
     net = build_model(model_cfg)
     task = fam.task(net, train_cfg)
+    if not dinfo.main:  # ranks > 0 train their shard; rank 0 owns tracking, checkpoints and evaluation
+        try:
+            Trainer(task, train_cfg, out, logger=None, progress=False).fit(train_ds, val_ds, resume=resume)
+        finally:
+            shutdown()
+        return {"rank": dinfo.rank}
     out.mkdir(parents=True, exist_ok=True)
     run_file = out / "run.json"
     prev = json.loads(run_file.read_text()) if (resume and run_file.exists()) else {}
@@ -123,7 +131,8 @@ def train(cfg: Config, family: str, *, resume: bool = False, progress: bool = Tr
         if not prev:
             tracking.log_params_and_config(cfg.raw | {"family": family, "profile": cfg.profile, "cell": cell or "main",
                                                       "resolved_model": asdict(model_cfg),
-                                                      "resolved_train": asdict(train_cfg)})
+                                                      "resolved_train": asdict(train_cfg),
+                                                      "world_size": dinfo.world})
         trainer = Trainer(task, train_cfg, out, logger=tracking.MlflowLogger(run.info.run_id), progress=progress)
         history = trainer.fit(train_ds, val_ds, resume=resume)
         pd.DataFrame(history).to_csv(out / "history.csv", index=False)
@@ -166,6 +175,8 @@ def train(cfg: Config, family: str, *, resume: bool = False, progress: bool = Tr
     except BaseException as exc:
         tracking.end_run("FAILED" if not isinstance(exc, KeyboardInterrupt) else "KILLED", reason=repr(exc))
         raise
+    finally:
+        shutdown()
 
 
 def evaluate(cfg: Config, family: str) -> dict:

@@ -23,10 +23,13 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from medops.config import TrainConfig
+from medops.engine.distributed import all_reduce_sum, barrier, env_info
 from medops.errors import ConfigError
 
 
@@ -119,9 +122,16 @@ class Trainer:
         self.task, self.cfg, self.out = task, cfg, Path(out_dir)
         self.logger, self.progress = logger, progress
         self.device = device or pick_device()
+        self.dist = env_info()
+        if self.dist.world > 1 and device is None and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        if self.dist.world > 1 and cfg.batch_size % self.dist.world:
+            raise ConfigError("train.batch_size", f"global batch {cfg.batch_size} is not divisible by "
+                              f"{self.dist.world} processes", "choose a batch size that is a multiple of --nproc")
         self.amp = bool(cfg.amp and self.device.type == "cuda")
         self.callbacks = callbacks or []
         self.history: list[dict] = []
+        self.progress = progress and self.dist.main
         self.out.mkdir(parents=True, exist_ok=True)
 
     # -- data
@@ -130,6 +140,12 @@ class Trainer:
                   pin_memory=self.device.type == "cuda")
         if epoch is None:
             return DataLoader(ds, shuffle=False, **kw)
+        if self.dist.world > 1:
+            sampler = DistributedSampler(ds, num_replicas=self.dist.world, rank=self.dist.rank, shuffle=True,
+                                         seed=self.cfg.seed * 100_003, drop_last=True)
+            sampler.set_epoch(epoch)
+            kw["batch_size"] = self.cfg.batch_size // self.dist.world
+            return DataLoader(ds, sampler=sampler, drop_last=len(ds) > self.cfg.batch_size, **kw)
         g = torch.Generator()
         g.manual_seed(self.cfg.seed * 100_003 + epoch)  # data order depends on (seed, epoch) only
         return DataLoader(ds, sampler=RandomSampler(ds, generator=g), drop_last=len(ds) > self.cfg.batch_size, **kw)
@@ -146,13 +162,23 @@ class Trainer:
     def fit(self, train_ds: Dataset, val_ds: Dataset, *, resume: bool = False) -> list[dict]:
         task, cfg = self.task.to(self.device), self.cfg
         seed_everything(cfg.seed)
+        net = task.net
+        if self.dist.world > 1:  # the task's train_step calls self.net: let it call the DDP wrapper
+            task.net = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        try:
+            return self._fit(task, net, train_ds, val_ds, resume)
+        finally:
+            task.net = net
+
+    def _fit(self, task, net, train_ds, val_ds, resume):
+        cfg, main = self.cfg, self.dist.main
         opt, sched = task.configure_optimizers()
         scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         start, best = 0, None
         last = self.out / "last.pt"
         if resume and last.exists():
             ck = load_checkpoint(last, map_location=self.device)
-            task.net.load_state_dict(ck["model"])
+            net.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
             if sched is not None and ck.get("scheduler"):
                 sched.load_state_dict(ck["scheduler"])
@@ -161,7 +187,7 @@ class Trainer:
             start, best = ck["epoch"], ck["best"]
             self.history = json.loads(ck["history"])
             self._emit("resumed", {"epoch": start})
-        elif not resume:
+        elif not resume and main:
             for stale in ("last.pt", "best.pt"):
                 (self.out / stale).unlink(missing_ok=True)
         for epoch in range(start, cfg.epochs):
@@ -185,17 +211,21 @@ class Trainer:
                 self._emit("train_batch_end", {"epoch": epoch, "step": step})
             if sched is not None:
                 sched.step()
-            train_loss = float(total) / max(n, 1)
-            val = self.validate(val_ds)
-            rec = {"epoch": epoch + 1, "train_loss": train_loss, **val, **task.epoch_extras(),
+            stats = all_reduce_sum(torch.stack([total.float(), torch.tensor(float(n), device=self.device)]))
+            train_loss = float(stats[0]) / max(float(stats[1]), 1)
+            if not main:  # rank 0 validates, logs and checkpoints; the others wait for it
+                barrier()
+                continue
+            val = self.validate(val_ds, net)
+            rec = {"epoch": epoch + 1, "train_loss": train_loss, **val,
                    "lr": opt.param_groups[0]["lr"], "epoch_time_s": time.perf_counter() - t0}
             self.history.append(rec)
             metric = rec[task.monitor]
             if self._better(metric, best):
                 best = metric
-                _atomic_save({"model": task.net.state_dict(), "epoch": epoch + 1, task.monitor: metric},
+                _atomic_save({"model": net.state_dict(), "epoch": epoch + 1, task.monitor: metric},
                              self.out / "best.pt")
-            _atomic_save({"model": task.net.state_dict(), "optimizer": opt.state_dict(),
+            _atomic_save({"model": net.state_dict(), "optimizer": opt.state_dict(),
                           "scheduler": sched.state_dict() if sched is not None else {},
                           "scaler": scaler.state_dict(), "rng": _rng_state(), "epoch": epoch + 1, "best": best,
                           "history": json.dumps(self.history), "config": json.dumps(asdict(cfg))}, last)
@@ -205,14 +235,20 @@ class Trainer:
                 tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  train_loss {train_loss:.4f}  "
                            f"val_loss {rec.get('val_loss', float('nan')):.4f}  {task.monitor} {metric:.4f}")
             self._emit("epoch_end", rec)
+            barrier()
         return self.history
 
     @torch.no_grad()
-    def validate(self, ds: Dataset) -> dict[str, float]:
+    def validate(self, ds: Dataset, net: nn.Module | None = None) -> dict[str, float]:
         self.task.eval()
+        wrapped = self.task.net
+        if net is not None:
+            self.task.net = net  # validate the bare module: no gradient sync, no collective calls
         outs = []
         for batch in self._loader(ds, None):
             batch = [b.to(self.device) if torch.is_tensor(b) else b for b in batch]
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
                 outs.append(self.task.validation_step(batch))
-        return self.task.validation_epoch_end(outs)
+        metrics = {**self.task.validation_epoch_end(outs), **self.task.epoch_extras()}
+        self.task.net = wrapped
+        return metrics
