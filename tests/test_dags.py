@@ -1,0 +1,169 @@
+"""Orchestration: the DAG factory (parse speed, structure, schedule) and the Kubernetes pods it renders."""
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+
+DAGS = ROOT / "dags"
+
+
+@pytest.fixture(scope="module")
+def factory(tmp_path_factory):
+    os.environ.setdefault("AIRFLOW_HOME", str(tmp_path_factory.mktemp("airflow_home")))
+    sys.path.insert(0, str(DAGS))
+    import medops_factory
+
+    yield medops_factory
+    sys.path.remove(str(DAGS))
+
+
+def test_parsing_all_dags_is_fast_and_imports_neither_torch_nor_medops(tmp_path):
+    code = ("import sys, time; sys.path.insert(0, %r); t = time.perf_counter(); import medops_dags; "
+            "dt = time.perf_counter() - t; import json; print(json.dumps({'s': dt, 'torch': 'torch' in sys.modules, "
+            "'medops': 'medops' in sys.modules, 'dags': sorted(k for k in vars(medops_dags) if k.startswith(('dag_', 'dataset_')))}))"
+            % str(DAGS))
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res["s"] < 2.0, res
+    assert not res["torch"] and not res["medops"]
+    assert res["dags"] == ["dag_fusion_seg", "dataset_fusion_seg"]
+
+
+def test_family_dag_shape_schedule_and_retries(factory):
+    params = factory.load_params(ROOT)
+    dag = factory.build_family_dag("fusion_seg", params)
+    ids = {t.task_id for t in dag.tasks}
+    assert ids == {"validate", "preprocess", "train", "evaluate", "ablate", "report", "promote"}
+    t = dag.task_dict
+    assert t["validate"].downstream_task_ids == {"preprocess"}
+    assert t["preprocess"].downstream_task_ids == {"train", "ablate"}
+    assert t["report"].upstream_task_ids == {"evaluate", "ablate"}
+    assert t["promote"].upstream_task_ids == {"report"}
+    n_cells = len(params["ablation"]["fusion_seg"]["cells"]) * len(params["ablation"]["fusion_seg"]["seeds"])
+    assert len(t["ablate"].expand_input.value["bash_command"]) == n_cells
+    assert all("--resume" in c for c in t["ablate"].expand_input.value["bash_command"])
+    assert "medops" in t["validate"].bash_command and "validate --dataset breast-trimodal" in t["validate"].bash_command
+    sched = dag.timetable
+    assert sched.timetable.expression == params["orchestration"]["schedule"]
+    assert "medops-dataset-breast-trimodal" in repr(sched.asset_condition)
+    assert t["train"].retries == params["orchestration"]["retries"]
+    producer = factory.build_dataset_dag("breast-trimodal", params)
+    assert [a.name for a in producer.task_dict["generate"].outlets] == ["medops-dataset-breast-trimodal"]
+
+
+# ------------------------------------------------------------------ Kubernetes pods
+def pod_violations(pod: dict, *, gpu: bool) -> list[str]:
+    """What a medops pod must have: limits, restricted security, secrets only by reference, GPU fields."""
+    v = []
+    spec = pod.get("spec", {})
+    psc = spec.get("securityContext", {})
+    if not psc.get("runAsNonRoot"):
+        v.append("pod runAsNonRoot")
+    if psc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+        v.append("pod seccompProfile RuntimeDefault")
+    for c in spec.get("containers", []):
+        sc = c.get("securityContext", {})
+        if sc.get("allowPrivilegeEscalation") is not False:
+            v.append("allowPrivilegeEscalation false")
+        if "ALL" not in sc.get("capabilities", {}).get("drop", []):
+            v.append("drop ALL capabilities")
+        if not sc.get("readOnlyRootFilesystem"):
+            v.append("readOnlyRootFilesystem")
+        lim, req = c.get("resources", {}).get("limits", {}), c.get("resources", {}).get("requests", {})
+        if not {"cpu", "memory"} <= set(lim) or not {"cpu", "memory"} <= set(req):
+            v.append("cpu/memory requests and limits")
+        if gpu and lim.get("nvidia.com/gpu") in (None, "0"):
+            v.append("nvidia.com/gpu limit")
+        for e in c.get("env", []):
+            if any(k in e["name"].upper() for k in ("SECRET", "PASSWORD", "TOKEN", "KEY")) and "value" in e:
+                v.append(f"credential {e['name']} inlined")
+        if not any("secretRef" in e for e in c.get("envFrom", [])):
+            v.append("credentials from Secrets (envFrom)")
+    if gpu:
+        if not spec.get("nodeSelector"):
+            v.append("GPU nodeSelector")
+        if not any(t.get("key") == "nvidia.com/gpu" for t in spec.get("tolerations", [])):
+            v.append("GPU toleration")
+    if not any("emptyDir" in vol for vol in spec.get("volumes", [])):
+        v.append("emptyDir scratch")
+    return v
+
+
+@pytest.fixture(scope="module")
+def k8s_dag(factory, tmp_path_factory):
+    kube = tmp_path_factory.mktemp("kube") / "config"
+    kube.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "dummy",
+        "clusters": [{"name": "dummy", "cluster": {"server": "https://127.0.0.1:6443"}}],
+        "contexts": [{"name": "dummy", "context": {"cluster": "dummy", "user": "dummy"}}],
+        "users": [{"name": "dummy", "user": {"token": "not-a-real-token"}}]}))
+    os.environ["KUBECONFIG"] = str(kube)
+    params = copy.deepcopy(factory.load_params(ROOT))
+    params["orchestration"]["executor"] = "kubernetes"
+    return factory.build_family_dag("fusion_seg", params), params
+
+
+def _render(op) -> dict:
+    from kubernetes.client import ApiClient
+
+    return ApiClient().sanitize_for_serialization(op.build_pod_request_obj())
+
+
+@pytest.mark.parametrize("task_id", ["validate", "preprocess", "train", "evaluate", "report", "promote"])
+def test_every_pod_is_valid_restricted_and_gpu_where_training(k8s_dag, task_id):
+    import kubernetes_validate
+
+    dag, params = k8s_dag
+    op = dag.task_dict[task_id]
+    pod = _render(op)
+    pod.setdefault("apiVersion", "v1")
+    pod.setdefault("kind", "Pod")
+    kubernetes_validate.validate(pod, "1.33", strict=True)
+    gpu = task_id == "train"
+    assert pod_violations(pod, gpu=gpu) == []
+    assert op.on_finish_action.value == "delete_pod"
+    assert op.startup_timeout_seconds == params["orchestration"]["kubernetes"]["startup_timeout_seconds"]
+    assert pod["spec"]["containers"][0]["command"] == ["medops"]
+
+
+def test_mapped_ablation_pods_share_the_gpu_spec(k8s_dag, factory):
+    dag, params = k8s_dag
+    ablate = dag.task_dict["ablate"]
+    args = ablate.expand_input.value["arguments"]
+    assert len(args) == len(params["ablation"]["fusion_seg"]["cells"]) * len(params["ablation"]["fusion_seg"]["seeds"])
+    kw = ablate.partial_kwargs
+    assert kw["container_resources"].limits["nvidia.com/gpu"] == "1"
+    assert kw["on_finish_action"] == "delete_pod"
+    op = factory._k8s_task("ablate_probe", args[0], params["orchestration"]["kubernetes"], gpus=1)
+    assert pod_violations(_render(op), gpu=True) == []
+
+
+def test_multi_gpu_training_pod_launches_torchrun(factory):
+    params = factory.load_params(ROOT)
+    kcfg = dict(params["orchestration"]["kubernetes"], gpus_per_training_task=4)
+    op = factory._k8s_task("train", ["train", "fusion_seg"], kcfg, gpus=4)
+    assert op.arguments[-2:] == ["--nproc", "4"]
+    assert op.container_resources.limits["nvidia.com/gpu"] == "4"
+
+
+def test_the_checker_catches_a_pod_missing_limits_or_security(k8s_dag):
+    dag, _ = k8s_dag
+    pod = _render(dag.task_dict["train"])
+    bad = copy.deepcopy(pod)
+    del bad["spec"]["containers"][0]["resources"]["limits"]
+    assert "cpu/memory requests and limits" in pod_violations(bad, gpu=True)
+    bad = copy.deepcopy(pod)
+    bad["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+    bad["spec"]["containers"][0]["env"] = [{"name": "AWS_SECRET_ACCESS_KEY", "value": "x"}]
+    v = pod_violations(bad, gpu=True)
+    assert "allowPrivilegeEscalation false" in v and "credential AWS_SECRET_ACCESS_KEY inlined" in v
