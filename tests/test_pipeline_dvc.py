@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -353,3 +354,60 @@ def test_ddp_two_processes_gloo_matches_one_process(project):
     finally:
         for p, b in saved.items():
             p.write_bytes(b)
+
+
+def _airflow(dst, tmp_path, cmd, check=True):
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "AIRFLOW_HOME": str(tmp_path / "airflow"),
+           "AIRFLOW__CORE__DAGS_FOLDER": str(dst / "dags"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+           "MEDOPS_BIN": str(BIN / "medops")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    r = subprocess.run(cmd, cwd=dst, shell=True, capture_output=True, text=True, env=env)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{cmd} failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}")
+    return r
+
+
+def _task_states(tmp_path, dag_id):
+    """Task states of the DAG's run, read from the Airflow metadata DB (sqlite in AIRFLOW_HOME)."""
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "airflow" / "airflow.db") as db:
+        rows = db.execute("SELECT task_id, map_index, state FROM task_instance WHERE dag_id = ?", (dag_id,)).fetchall()
+    return {(t, m): s for t, m, s in rows}
+
+
+def test_airflow_dags_test_runs_the_fusion_dag(project, tmp_path):
+    """`airflow dags test fusion_seg` runs every task (the same CLI verbs as dvc) on the smoke profile."""
+    dst, _ = project
+    _airflow(dst, tmp_path, "airflow db migrate")
+    t0 = time.time()
+    _airflow(dst, tmp_path, "airflow dags test fusion_seg")
+    wall = time.time() - t0
+    states = _task_states(tmp_path, "fusion_seg")
+    assert all(s == "success" for s in states.values()), states
+    assert sum(1 for k in states if k[0] == "ablate") == 12
+    assert json.loads((dst / "reports/promotion/fusion_seg.json").read_text())["action"] in ("unchanged", "promoted",
+                                                                                              "refused")
+    assert wall < 600
+
+
+def test_failed_validation_stops_the_dag_before_preprocessing(project, tmp_path):
+    dst, _ = project
+    from medops.data.io import write_png
+
+    mask = dst / "data/raw/breast-trimodal/mask/case_00002.png"
+    original, params = mask.read_bytes(), (dst / "params.yaml").read_text()
+    try:
+        write_png(mask, np.zeros((256, 256), np.uint8))              # an empty mask
+        (dst / "params.yaml").write_text(params.replace("  retries: 2", "  retries: 0"))
+        _airflow(dst, tmp_path, "airflow db migrate")
+        r = _airflow(dst, tmp_path, "airflow dags test fusion_seg", check=False)
+        states = _task_states(tmp_path, "fusion_seg")
+        assert states[("validate", -1)] == "failed"
+        assert states[("preprocess", -1)] == "upstream_failed"
+        assert states[("train", -1)] == "upstream_failed" and states[("promote", -1)] == "upstream_failed"
+        assert "mask_not_empty" in r.stdout + r.stderr
+    finally:
+        mask.write_bytes(original)
+        (dst / "params.yaml").write_text(params)
+        _sh("medops validate", dst)
