@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
+from k8s_checks import pod_violations
 
 DAGS = ROOT / "dags"
 
@@ -62,43 +63,6 @@ def test_family_dag_shape_schedule_and_retries(factory):
 
 
 # ------------------------------------------------------------------ Kubernetes pods
-def pod_violations(pod: dict, *, gpu: bool) -> list[str]:
-    """What a medops pod must have: limits, restricted security, secrets only by reference, GPU fields."""
-    v = []
-    spec = pod.get("spec", {})
-    psc = spec.get("securityContext", {})
-    if not psc.get("runAsNonRoot"):
-        v.append("pod runAsNonRoot")
-    if psc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
-        v.append("pod seccompProfile RuntimeDefault")
-    for c in spec.get("containers", []):
-        sc = c.get("securityContext", {})
-        if sc.get("allowPrivilegeEscalation") is not False:
-            v.append("allowPrivilegeEscalation false")
-        if "ALL" not in sc.get("capabilities", {}).get("drop", []):
-            v.append("drop ALL capabilities")
-        if not sc.get("readOnlyRootFilesystem"):
-            v.append("readOnlyRootFilesystem")
-        lim, req = c.get("resources", {}).get("limits", {}), c.get("resources", {}).get("requests", {})
-        if not {"cpu", "memory"} <= set(lim) or not {"cpu", "memory"} <= set(req):
-            v.append("cpu/memory requests and limits")
-        if gpu and lim.get("nvidia.com/gpu") in (None, "0"):
-            v.append("nvidia.com/gpu limit")
-        for e in c.get("env", []):
-            if any(k in e["name"].upper() for k in ("SECRET", "PASSWORD", "TOKEN", "KEY")) and "value" in e:
-                v.append(f"credential {e['name']} inlined")
-        if not any("secretRef" in e for e in c.get("envFrom", [])):
-            v.append("credentials from Secrets (envFrom)")
-    if gpu:
-        if not spec.get("nodeSelector"):
-            v.append("GPU nodeSelector")
-        if not any(t.get("key") == "nvidia.com/gpu" for t in spec.get("tolerations", [])):
-            v.append("GPU toleration")
-    if not any("emptyDir" in vol for vol in spec.get("volumes", [])):
-        v.append("emptyDir scratch")
-    return v
-
-
 @pytest.fixture(scope="module")
 def k8s_dag(factory, tmp_path_factory):
     kube = tmp_path_factory.mktemp("kube") / "config"
