@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PROFILE ?= quick
 PYTHON ?= python3
 
-.PHONY: venv run repro test test-fast lock bench clean
+.PHONY: venv run repro test test-fast lock bench clean system-deps services-start services-stop
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,24 @@ run: venv  ## generate -> validate -> preprocess -> train -> evaluate with `dvc 
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 	$(BIN)/medops show fusion_seg
 
-test: venv  ## the whole test suite (unit, bad input, resume, dvc integration)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q
+system-deps:  ## Debian packages the tests use: headless Chromium (MLflow UI screenshot), PostgreSQL server
+	@command -v chromium >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium postgresql >/dev/null; \
+	  else echo "install chromium and postgresql (apt-get install chromium postgresql)"; exit 1; fi; }
+
+services-start: venv  ## PostgreSQL + SeaweedFS (S3) + MLflow server on loopback (.services/)
+	infra/local/services.sh start
+
+services-stop:
+	infra/local/services.sh stop
+
+test: venv system-deps  ## services up, the whole test suite, services down (timings printed)
+	@t0=$$(date +%s.%N); infra/local/services.sh start; t1=$$(date +%s.%N); \
+	echo "services started in $$($(BIN)/python -c "print(round($$t1 - $$t0, 1))") s"; \
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q; rc=$$?; \
+	t2=$$(date +%s.%N); infra/local/services.sh stop >/dev/null; t3=$$(date +%s.%N); \
+	echo "start $$($(BIN)/python -c "print(round($$t1 - $$t0, 1))") s, stop $$($(BIN)/python -c "print(round($$t3 - $$t2, 1))") s" > .services/timing.txt; \
+	exit $$rc
 
 test-fast: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -m "not slow"

@@ -411,3 +411,29 @@ def test_failed_validation_stops_the_dag_before_preprocessing(project, tmp_path)
         mask.write_bytes(original)
         (dst / "params.yaml").write_text(params)
         _sh("medops validate", dst)
+
+
+def test_kubeflow_pipeline_runs_with_the_local_runner(project, tmp_path):
+    """The same pipeline that compiles for a cluster runs every step locally (kfp.local SubprocessRunner)."""
+    import yaml
+
+    sys.path.insert(0, str(ROOT / "components"))
+    import medops_kfp
+    from kfp import local
+
+    dst, _ = project
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))
+    params = yaml.safe_load((dst / "params.yaml").read_text())
+    before = json.loads((dst / "reports/promotion/fusion_seg.json").read_text())
+    cwd = os.getcwd()
+    try:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        medops_kfp.build_pipeline("fusion_seg", params)(project_dir=str(dst), medops_bin=str(BIN / "medops"))
+    finally:
+        os.chdir(cwd)
+    runs = list((tmp_path / "kfp").glob("medops-fusion-seg-*"))
+    assert len(runs) == 1
+    steps = {p.name for p in runs[0].iterdir()}
+    assert len(steps) == 6 + 12          # validate, preprocess, train, evaluate, report, promote + 12 cells
+    after = json.loads((dst / "reports/promotion/fusion_seg.json").read_text())
+    assert after["action"] in ("unchanged", "promoted", "refused") and before["family"] == after["family"]

@@ -325,7 +325,7 @@ def promote(cfg: Config, family: str) -> dict:
     registry.log_text(cand.run_id, card, f"model_card_v{version}.md")
     if (ablation_report_dir(family) / "figures").exists():
         tracking.log_artifacts_to(cand.run_id, ablation_report_dir(family) / "figures", "model_card_figures")
-    registry.describe_version(family, version, card)
+    registry.describe_version(family, version, card, full_card=f"model_card_v{version}.md")
     registry.tag_version(family, version, {
         "promotion.decision": "promoted" if promoted else "refused",
         "promotion.reasons": "; ".join(g.reason for g in gates if (not g.passed) or promoted),

@@ -46,12 +46,15 @@ def version_for_run(name: str, run_id: str):
 
 
 def register(name: str, model_uri: str, run_id: str):
+    """New version of registered model ``name`` from a logged model (creates the registered model once)."""
+    import mlflow
+
     client = _client()
     try:
         client.get_registered_model(name)
     except Exception:
         client.create_registered_model(name, description=f"medops model family {name}")
-    return client.create_model_version(name, model_uri, run_id=run_id)
+    return mlflow.register_model(model_uri, name)
 
 
 def alias_version(name: str, alias: str) -> str | None:
@@ -71,8 +74,11 @@ def tag_version(name: str, version: str, tags: dict) -> None:
         client.set_model_version_tag(name, version, k, str(v)[:5000])
 
 
-def describe_version(name: str, version: str, text: str) -> None:
-    _client().update_model_version(name, version, description=text[:60000])
+def describe_version(name: str, version: str, text: str, full_card: str = "") -> None:
+    """Version description (PostgreSQL stores at most 5,000 characters): the card, cut with a pointer."""
+    if len(text) > 4800:
+        text = text[:4500].rsplit("\n", 1)[0] + f"\n\n… (full model card: run artifact `{full_card}`)"
+    _client().update_model_version(name, version, description=text)
 
 
 def champion_history(name: str) -> list[str]:
