@@ -292,7 +292,7 @@ def test_cli_train_killed_mid_run_then_resumed_matches_uninterrupted(project):
         ref = pd.read_csv(dst / "models/fusion_seg/history.csv")
         assert len(ref) == 8
         (dst / "models/fusion_seg/last.pt").unlink()  # so polling only sees this run's checkpoint
-        proc = subprocess.Popen(["medops", "train", "fusion_seg"], cwd=dst, env=env,
+        proc = subprocess.Popen(["medops", "train", "fusion_seg", "--force"], cwd=dst, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         last = dst / "models/fusion_seg/last.pt"
         t0, killed_at = time.time(), None
@@ -340,7 +340,7 @@ def test_ddp_two_processes_gloo_matches_one_process(project):
         _sh("medops train fusion_seg", dst)
         one = pd.read_csv(dst / "models/fusion_seg/history.csv")
         n_runs = len(client.search_runs([exp]))
-        _sh("medops train fusion_seg --nproc 2", dst)
+        _sh("medops train fusion_seg --nproc 2 --force", dst)
         two = pd.read_csv(dst / "models/fusion_seg/history.csv")
         assert len(client.search_runs([exp])) == n_runs + 1
         run = client.get_run(json.loads((dst / "models/fusion_seg/run.json").read_text())["run_id"])
@@ -376,9 +376,34 @@ def _task_states(tmp_path, dag_id):
     return {(t, m): s for t, m, s in rows}
 
 
-def test_airflow_dags_test_runs_the_fusion_dag(project, tmp_path):
-    """`airflow dags test fusion_seg` runs every task (the same CLI verbs as dvc) on the smoke profile."""
+def test_tasks_are_idempotent(project):
+    """Running a task twice: same outputs, no duplicate MLflow runs or registry versions."""
     dst, _ = project
+    client = _client(dst)
+    exp = client.get_experiment_by_name("fusion_seg").experiment_id
+    n_runs = len(client.search_runs([exp]))
+    n_versions = len(client.search_model_versions("name='fusion_seg'"))
+    cell = dst / "models/fusion_seg/cells/mri/seed1"
+    before = {p.name: p.read_bytes() for p in cell.iterdir() if p.is_file()}
+    r = _sh("medops train fusion_seg --cell mri --seed 1", dst)
+    assert "already trained with these inputs" in r.stdout
+    assert {p.name: p.read_bytes() for p in cell.iterdir() if p.is_file()} == before
+    metrics = (dst / "reports/fusion_seg/metrics.json").read_text()
+    for cmd in ("medops train fusion_seg", "medops evaluate fusion_seg", "medops report fusion_seg",
+                "medops promote fusion_seg", "medops preprocess", "medops validate"):
+        _sh(cmd, dst)
+    assert (dst / "reports/fusion_seg/metrics.json").read_text() == metrics
+    assert len(client.search_runs([exp])) == n_runs
+    assert len(client.search_model_versions("name='fusion_seg'")) == n_versions
+
+
+def test_airflow_dags_test_runs_the_fusion_dag(project, tmp_path):
+    """`airflow dags test fusion_seg` runs every task (the same CLI verbs as dvc) on the smoke profile;
+    tasks whose inputs did not change do nothing, so the DAG adds no MLflow run."""
+    dst, _ = project
+    client = _client(dst)
+    exp = client.get_experiment_by_name("fusion_seg").experiment_id
+    n_runs = len(client.search_runs([exp]))
     _airflow(dst, tmp_path, "airflow db migrate")
     t0 = time.time()
     _airflow(dst, tmp_path, "airflow dags test fusion_seg")
@@ -386,6 +411,7 @@ def test_airflow_dags_test_runs_the_fusion_dag(project, tmp_path):
     states = _task_states(tmp_path, "fusion_seg")
     assert all(s == "success" for s in states.values()), states
     assert sum(1 for k in states if k[0] == "ablate") == 12
+    assert len(client.search_runs([exp])) == n_runs
     assert json.loads((dst / "reports/promotion/fusion_seg.json").read_text())["action"] in ("unchanged", "promoted",
                                                                                               "refused")
     assert wall < 600

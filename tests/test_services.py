@@ -132,7 +132,8 @@ def test_wrong_s3_secret_is_a_clear_error_and_writes_nothing(served_project, ser
 def test_mlflow_server_down_is_a_clear_error_naming_the_uri(served_project, services):
     dst, _ = served_project
     before = (dst / "models/fusion_seg/run.json").read_text()
-    r = _sh("medops train fusion_seg", dst, {**services, "MLFLOW_TRACKING_URI": "http://127.0.0.1:59999"}, check=False)
+    r = _sh("medops train fusion_seg --force", dst, {**services, "MLFLOW_TRACKING_URI": "http://127.0.0.1:59999"},
+            check=False)
     assert r.returncode == 2
     assert "http://127.0.0.1:59999" in r.stderr and "unreachable" in r.stderr
     assert (dst / "models/fusion_seg/run.json").read_text() == before

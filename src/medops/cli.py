@@ -95,7 +95,8 @@ def train(family: str = typer.Argument(..., help="model family, e.g. fusion_seg"
           resume: bool = typer.Option(False, "--resume", help="continue from the last checkpoint"),
           cell: Optional[str] = typer.Option(None, help="ablation cell (params.yaml ablation.<family>.cells)"),
           seed: Optional[int] = typer.Option(None, help="seed of the ablation cell"),
-          nproc: int = typer.Option(1, help="processes (GPUs) for DistributedDataParallel via torchrun")):
+          nproc: int = typer.Option(1, help="processes (GPUs) for DistributedDataParallel via torchrun"),
+          force: bool = typer.Option(False, "--force", help="train again even if a finished run has the same inputs")):
     """Train a family (or one ablation cell) with the shared engine; logs to MLflow."""
     from medops import stages
 
@@ -104,15 +105,19 @@ def train(family: str = typer.Argument(..., help="model family, e.g. fusion_seg"
         import sys
 
         args = ["train", family] + (["--resume"] if resume else []) + (["--cell", cell] if cell else []) \
-            + (["--seed", str(seed)] if seed is not None else [])
+            + (["--seed", str(seed)] if seed is not None else []) + (["--force"] if force else [])
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "medops.cli", "--params", str(_state["params"]), *args]
         raise typer.Exit(subprocess.call(cmd))
     try:
-        info = stages.train(_cfg(), family, resume=resume, progress=True, cell=cell, seed=seed)
+        info = stages.train(_cfg(), family, resume=resume, progress=True, cell=cell, seed=seed, force=force)
     except MedopsError as exc:
         _fail(exc)
     if "rank" in info:
+        return
+    if info.get("skipped"):
+        typer.echo(f"{family}{'/' + cell if cell else ''}: already trained with these inputs "
+                   f"({info.get('status')}, MLflow run {info['run_id']}); nothing to do (--force to retrain)")
         return
     if info.get("status") == "failed":
         typer.echo(f"cell {cell} seed {seed} FAILED ({info['reason']}); marked in MLflow run {info['run_id']}", err=True)

@@ -70,8 +70,30 @@ def build_model(model_cfg):
     return get_model(kw.pop("arch"), **kw)
 
 
+def _fingerprint(model_cfg, train_cfg, cell: str | None, index: pd.DataFrame) -> str:
+    """What a training run depends on: model and training config, cell, and the exact preprocessed cases."""
+    import hashlib
+
+    payload = json.dumps({"model": asdict(model_cfg), "train": asdict(train_cfg), "cell": cell,
+                          "cases": sorted(zip(index.case_id, index.split, index.shard))}, sort_keys=True, default=list)
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def _already_done(out: Path, fingerprint: str, cell: str | None) -> dict | None:
+    """The finished run with the same inputs, if there is one (so re-running a task changes nothing)."""
+    run_file, marker = out / "run.json", out / ("status.json" if cell else "train_metrics.json")
+    if not (run_file.exists() and marker.exists()):
+        return None
+    done = json.loads(marker.read_text())
+    if done.get("fingerprint") != fingerprint or (done.get("status", "finished") == "finished"
+                                                   and not (out / "best.pt").exists()):
+        return None
+    return {**json.loads(run_file.read_text()), "skipped": True, "status": done.get("status", "finished"),
+            "reason": done.get("reason", "")}
+
+
 def train(cfg: Config, family: str, *, resume: bool = False, progress: bool = True,
-          cell: str | None = None, seed: int | None = None) -> dict:
+          cell: str | None = None, seed: int | None = None, force: bool = False) -> dict:
     """Train the family's model, or one ablation cell (``cell`` + ``seed``), and track it in MLflow.
 
     A cell also evaluates itself on the test split (per-case metrics, missing-modality
@@ -102,6 +124,11 @@ def train(cfg: Config, family: str, *, resume: bool = False, progress: bool = Tr
         out = cell_dir(family, cell, seed)
     validation = require_passed(data, validation_dir(fam.dataset))
     index = load_index(pre)
+    fingerprint = _fingerprint(model_cfg, train_cfg, cell, index)
+    if not resume and not force and dinfo.main:
+        done = _already_done(out, fingerprint, cell)
+        if done is not None:
+            return done
     train_ds, val_ds = ShardDataset(pre, index, "train"), ShardDataset(pre, index, "val")
     seed_everything(train_cfg.seed)  # the initial weights are part of the run's seed
     net = build_model(model_cfg)
@@ -139,7 +166,8 @@ def train(cfg: Config, family: str, *, resume: bool = False, progress: bool = Tr
         best = load_checkpoint(out / "best.pt")
         net.load_state_dict(best["model"])
         train_metrics = {"best_epoch": best["epoch"], "best_val_dice": best[task.monitor], "epochs": len(history),
-                         "final_train_loss": history[-1]["train_loss"], "final_val_loss": history[-1]["val_loss"]}
+                         "final_train_loss": history[-1]["train_loss"], "final_val_loss": history[-1]["val_loss"],
+                         "fingerprint": fingerprint}
         (out / "train_metrics.json").write_text(json.dumps(train_metrics, indent=2))
         with torch.no_grad():
             net.eval()(val_ds.images[:2].float())  # fresh attention weights from the best model
@@ -168,7 +196,8 @@ def train(cfg: Config, family: str, *, resume: bool = False, progress: bool = Tr
         tracking.end_run("FAILED", reason=str(exc))
         if cell is None:
             raise
-        (out / "status.json").write_text(json.dumps({"status": "failed", "reason": str(exc)}, indent=2))
+        (out / "status.json").write_text(json.dumps({"status": "failed", "reason": str(exc),
+                                                     "fingerprint": fingerprint}, indent=2))
         for stale in ("best.pt", "last.pt"):
             (out / stale).unlink(missing_ok=True)
         return {"run_id": run.info.run_id, "status": "failed", "reason": str(exc)}
