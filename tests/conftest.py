@@ -5,7 +5,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import tempfile
 from pathlib import Path
+
+import yaml
 
 import pytest
 
@@ -13,6 +16,16 @@ from medops.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+# A syntactically valid kube config for rendering pods offline (a dummy cluster that is never contacted).
+# Set before any test module imports the kubernetes client, which reads KUBECONFIG once at import time.
+_KUBE = Path(tempfile.mkdtemp(prefix="medops-kube-")) / "config"
+_KUBE.write_text(yaml.safe_dump({
+    "apiVersion": "v1", "kind": "Config", "current-context": "dummy",
+    "clusters": [{"name": "dummy", "cluster": {"server": "https://127.0.0.1:6443"}}],
+    "contexts": [{"name": "dummy", "context": {"cluster": "dummy", "user": "dummy"}}],
+    "users": [{"name": "dummy", "user": {"token": "not-a-real-token"}}]}))
+os.environ["KUBECONFIG"] = str(_KUBE)
 
 
 @pytest.fixture(scope="session")

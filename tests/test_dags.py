@@ -64,14 +64,8 @@ def test_family_dag_shape_schedule_and_retries(factory):
 
 # ------------------------------------------------------------------ Kubernetes pods
 @pytest.fixture(scope="module")
-def k8s_dag(factory, tmp_path_factory):
-    kube = tmp_path_factory.mktemp("kube") / "config"
-    kube.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "dummy",
-        "clusters": [{"name": "dummy", "cluster": {"server": "https://127.0.0.1:6443"}}],
-        "contexts": [{"name": "dummy", "context": {"cluster": "dummy", "user": "dummy"}}],
-        "users": [{"name": "dummy", "user": {"token": "not-a-real-token"}}]}))
-    os.environ["KUBECONFIG"] = str(kube)
+def k8s_dag(factory):
+    assert os.environ["KUBECONFIG"]  # a dummy config, written by conftest before any kubernetes import
     params = copy.deepcopy(factory.load_params(ROOT))
     params["orchestration"]["executor"] = "kubernetes"
     return factory.build_family_dag("fusion_seg", params), params
