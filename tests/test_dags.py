@@ -5,11 +5,8 @@ import json
 import os
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
-import yaml
 
 from conftest import ROOT
 from k8s_checks import pod_violations

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from medops.data.breast_trimodal import (
-    US_DYNAMIC_RANGE_DB, generate, power_law_noise, radial_power_slope, rayleigh_speckle, simulate_case,
+    US_DYNAMIC_RANGE_DB, power_law_noise, radial_power_slope, rayleigh_speckle, simulate_case,
 )
 from medops.data.io import read_image
 
