@@ -28,6 +28,24 @@ _KUBE.write_text(yaml.safe_dump({
 os.environ["KUBECONFIG"] = str(_KUBE)
 
 
+def copy_project(dst: Path, cells: str | None = None) -> Path:
+    """Copy the project's tracked and unignored files to ``dst``; optionally replace the
+    ablation cells of params.yaml with ``cells`` (YAML lines under `cells:`)."""
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if (ROOT / f).is_file():
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, dst / f)
+    if cells is not None:
+        params = (dst / "params.yaml").read_text()
+        head, rest = params.split("    cells:\n", 1)
+        (dst / "params.yaml").write_text(head + "    cells:\n" + cells + rest[rest.index("\n\n"):])
+    return dst
+
+
 @pytest.fixture(scope="session")
 def smoke_cfg():
     return load_config(ROOT / "params.yaml", profile="smoke")

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, copy_project
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 BIN = Path(sys.executable).parent
@@ -30,24 +30,16 @@ def _sh(cmd, cwd, check=True):
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    dst = tmp_path_factory.mktemp("proj") / "medops"
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
-        if (ROOT / f).is_file():
-            (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, dst / f)
     # a small ablation for the test suite: 4 cells x 3 seeds, one of which diverges (lr 1e30)
+    dst = copy_project(tmp_path_factory.mktemp("proj") / "medops",
+                       cells="      tri_attention: {}\n      mri: {modalities: mri}\n      concat: {fusion: concat}\n"
+                             "      diverge: {lr: 1.0e+30}")
     params = (dst / "params.yaml").read_text()
-    head, rest = params.split("    cells:\n", 1)
-    tail = rest[rest.index("\n\n"):]
-    head = head.replace("      arch: [fusion_seg, unet, attention_unet]                      # review 001 baselines (MONAI)",
-                        "      arch: [fusion_seg, unet, attention_unet]\n      lr: [0.003, 1.0e+30]")
-    head = head.replace("baseline: {modalities: us_mg_mri, fusion: attention, arch: fusion_seg}",
-                        "baseline: {modalities: us_mg_mri, fusion: attention, arch: fusion_seg, lr: 0.003}")
-    cells = ("    cells:\n      tri_attention: {}\n      mri: {modalities: mri}\n      concat: {fusion: concat}\n"
-             "      diverge: {lr: 1.0e+30}")
-    (dst / "params.yaml").write_text(head + cells + tail)
+    params = params.replace("      arch: [fusion_seg, unet, attention_unet]                      # review 001 baselines (MONAI)",
+                            "      arch: [fusion_seg, unet, attention_unet]\n      lr: [0.003, 1.0e+30]")
+    params = params.replace("baseline: {modalities: us_mg_mri, fusion: attention, arch: fusion_seg}",
+                            "baseline: {modalities: us_mg_mri, fusion: attention, arch: fusion_seg, lr: 0.003}")
+    (dst / "params.yaml").write_text(params)
     _sh("git init -q && git add -A && git commit -qm init", dst)
     _sh("medops profile smoke", dst)
     repro = _sh("dvc repro", dst)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, copy_project
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 BIN = Path(sys.executable).parent
@@ -47,16 +47,8 @@ def _sh(cmd, cwd, env, check=True):
 @pytest.fixture(scope="module")
 def served_project(services, tmp_path_factory):
     """Smoke project (one ablation cell) run by `dvc repro` against the MLflow server, data pushed to S3."""
-    dst = tmp_path_factory.mktemp("served") / "medops"
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
-        if (ROOT / f).is_file():
-            (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, dst / f)
+    dst = copy_project(tmp_path_factory.mktemp("served") / "medops", cells="      tri_attention: {}")
     params = (dst / "params.yaml").read_text()
-    head, rest = params.split("    cells:\n", 1)
-    params = head + "    cells:\n      tri_attention: {}" + rest[rest.index("\n\n"):]
     params = params.replace("seeds: [1, 2, 3]", "seeds: [1]").replace("experiment_prefix: \"\"",
                                                                         f"experiment_prefix: \"{dst.parent.name}-\"")
     (dst / "params.yaml").write_text(params)

@@ -10,11 +10,11 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from medops.config import MODALITIES as IMAGE_MODALITIES
 from medops.config import PreprocessConfig, ValidateConfig
 from medops.data.io import read_image, resolve_inside, write_png
 from medops.errors import DataError
 
-IMAGE_MODALITIES = ("us", "mg", "mri")
 SUFFIXES = (".png", ".dcm", ".nii.gz", ".nii")
 
 

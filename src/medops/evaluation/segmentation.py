@@ -10,13 +10,13 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from medops.config import MODALITIES as IMAGE_MODALITIES
 from medops.data.dataset import ShardDataset
 from medops.data.io import write_png
 from medops.evaluation.baseline import POLARITY, otsu_segment
 from medops.evaluation.figures import loss_curves, overlay_grid
 from medops.metrics import SEG_METRICS, segmentation_metrics
 
-IMAGE_MODALITIES = ("us", "mg", "mri")
 
 
 @torch.no_grad()

@@ -48,6 +48,10 @@ def _cell_for(abl: AblationConfig, factor: str, level: str) -> str | None:
     return None
 
 
+def _baseline_cell(abl: AblationConfig) -> str | None:
+    return _cell_for(abl, next(iter(abl.factors)), abl.baseline[next(iter(abl.factors))])
+
+
 def _fmt(mean, half, scale=100.0, digits=1):
     if mean != mean:
         return "—"
@@ -104,7 +108,7 @@ def claims(abl: AblationConfig, cells: pd.DataFrame, cases: dict, tables: dict, 
 
 
 def loss_table(cells_root: Path, abl: AblationConfig, cells: pd.DataFrame) -> pd.DataFrame:
-    base = _cell_for(abl, next(iter(abl.factors)), abl.baseline[next(iter(abl.factors))])
+    base = _baseline_cell(abl)
     ok = cells[(cells.cell == base) & (cells.status == "finished")]
     hists = [pd.read_csv(cells_root / base / f"seed{s}" / "history.csv") for s in ok.seed]
     rows = []
@@ -119,7 +123,7 @@ def loss_table(cells_root: Path, abl: AblationConfig, cells: pd.DataFrame) -> pd
 
 
 def missing_modality_table(cells_root: Path, abl: AblationConfig, cells: pd.DataFrame) -> pd.DataFrame:
-    base = _cell_for(abl, next(iter(abl.factors)), abl.baseline[next(iter(abl.factors))])
+    base = _baseline_cell(abl)
     ok = cells[(cells.cell == base) & (cells.status == "finished")]
     per_seed = [pd.read_csv(cells_root / base / f"seed{s}" / "per_case.csv").groupby("condition").dsc.mean()
                 for s in ok.seed]

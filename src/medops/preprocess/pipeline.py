@@ -22,13 +22,13 @@ import pandas as pd
 from skimage import exposure
 from tqdm import tqdm
 
+from medops.config import MODALITIES as IMAGE_MODALITIES
 from medops.config import PreprocessConfig
 from medops.data.io import file_sha256, read_image, resolve_inside
 from medops.errors import DataError
 from medops.preprocess.registration import euler_matrix, mean_displacement, register_rigid
 
 PREPROCESS_VERSION = "1"
-IMAGE_MODALITIES = ("us", "mg", "mri")
 
 
 def normalise(img: np.ndarray, lo_pct: float = 0.5, hi_pct: float = 99.5) -> np.ndarray:
