@@ -343,6 +343,34 @@ def test_ddp_two_processes_gloo_matches_one_process(project):
         assert len(one) == len(two)
         for col in ("train_loss", "val_loss"):
             assert (one[col] - two[col]).abs().max() < 0.01, (col, one[col].tolist(), two[col].tolist())
+        # resume works the same under torchrun: kill the 2-process job after its first checkpoint, resume it
+        import signal
+
+        import torch
+
+        last = dst / "models/fusion_seg/last.pt"
+        last.unlink()
+        env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        proc = subprocess.Popen(["medops", "train", "fusion_seg", "--nproc", "2", "--force"], cwd=dst, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        killed_at, t0 = None, time.time()
+        while time.time() - t0 < 180 and proc.poll() is None:
+            if last.exists():
+                try:
+                    killed_at = torch.load(last, weights_only=True)["epoch"]
+                except Exception:
+                    killed_at = None
+                if killed_at is not None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    break
+            time.sleep(0.02)
+        proc.wait()
+        assert killed_at is not None and killed_at < len(two)
+        _sh("medops train fusion_seg --nproc 2 --resume", dst)
+        resumed = pd.read_csv(dst / "models/fusion_seg/history.csv")
+        for col in ("train_loss", "val_loss", "val_dice"):
+            assert (resumed[col] - two[col]).abs().max() < 1e-5, (col, resumed[col].tolist(), two[col].tolist())
     finally:
         for p, b in saved.items():
             p.write_bytes(b)
