@@ -32,7 +32,7 @@ services-stop:
 	infra/local/services.sh stop
 
 test: venv system-deps  ## services up, the whole test suite, services down (timings printed)
-	@t0=$$(date +%s.%N); infra/local/services.sh start; t1=$$(date +%s.%N); \
+	@t0=$$(date +%s.%N); infra/local/services.sh start || exit 1; t1=$$(date +%s.%N); \
 	echo "services started in $$($(BIN)/python -c "print(round($$t1 - $$t0, 1))") s"; \
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q; rc=$$?; \
 	t2=$$(date +%s.%N); infra/local/services.sh stop >/dev/null; t3=$$(date +%s.%N); \

@@ -21,10 +21,15 @@ SERVICES = ROOT / "infra/local/services.sh"
 
 @pytest.fixture(scope="module")
 def services():
-    subprocess.run([str(SERVICES), "start"], check=True, capture_output=True, text=True)
+    """The services `make test` started; started here (and stopped afterwards) when pytest runs alone."""
     env_text = subprocess.run([str(SERVICES), "env"], check=True, capture_output=True, text=True).stdout
     env = dict(line.removeprefix("export ").split("=", 1) for line in env_text.splitlines() if line.strip())
-    return env
+    up = subprocess.run([str(SERVICES), "status"], capture_output=True).returncode == 0
+    if not up:
+        subprocess.run([str(SERVICES), "start"], check=True, capture_output=True, text=True)
+    yield env
+    if not up:
+        subprocess.run([str(SERVICES), "stop"], capture_output=True)
 
 
 def _s3(services):
