@@ -24,6 +24,18 @@ def prepared(profile: str = "quick", n_cases: int = 64):
     return cfg, tmp / "pre"
 
 
+def copy_project(dst: Path) -> Path:
+    """Copy the committed project files to ``dst`` (a fresh workspace for a timed run)."""
+    import shutil
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        (dst / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, dst / f)
+    return dst
+
+
 def save(name: str, result: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))

@@ -12,15 +12,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, save
+from _common import copy_project, save
 
 
 def main() -> dict:
     dst = Path(tempfile.mkdtemp(prefix="medops-dag-")) / "medops"
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
-        (dst / f).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / f, dst / f)
+    copy_project(dst)
     bin_dir = Path(sys.executable).parent
     home = dst.parent / "airflow"
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "AIRFLOW_HOME": str(home),

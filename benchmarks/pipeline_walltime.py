@@ -11,15 +11,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import RESULTS, ROOT, save
+from _common import RESULTS, copy_project, save
 
 
 def main(profile: str = "smoke") -> dict:
     dst = Path(tempfile.mkdtemp(prefix="medops-wall-")) / "medops"
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
-        (dst / f).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / f, dst / f)
+    copy_project(dst)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@x", "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@x"}
     subprocess.run("git init -q && git add -A && git commit -qm b", cwd=dst, shell=True, check=True, env=env)
