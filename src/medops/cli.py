@@ -36,7 +36,8 @@ def main(params: Path = typer.Option(Path("params.yaml"), "--params", help="para
 
 
 @app.command()
-def generate(dataset: str = typer.Argument(..., help="dataset to simulate, e.g. breast-trimodal"),
+def generate(dataset: str = typer.Argument(..., help="dataset to simulate: breast-trimodal, gaucher-ct, ocular-fundus, "
+                                                   "nf-mri or rare-source"),
              out: Optional[Path] = typer.Option(None, help="output folder (default data/raw/<dataset>)"),
              force: bool = typer.Option(False, help="replace an existing dataset folder")):
     """Simulate a dataset: images, manifest.parquet (patient-level split), truth, contact sheet."""
@@ -46,8 +47,11 @@ def generate(dataset: str = typer.Argument(..., help="dataset to simulate, e.g. 
         man = stages.generate(_cfg(), dataset, out or stages.data_dir(dataset), force=force)
     except MedopsError as exc:
         _fail(exc)
-    typer.echo(f"generated {man.case_id.nunique()} cases ({len(man)} images) "
-               f"split {man.drop_duplicates('case_id').split.value_counts().to_dict()}")
+    cases = man.drop_duplicates("case_id")
+    msg = f"generated {len(cases)} cases ({len(man)} images) split {cases.split.value_counts().to_dict()}"
+    if "label" in man:
+        msg += f" classes {cases.label.value_counts().to_dict()}"
+    typer.echo(msg)
 
 
 @app.command()
@@ -59,7 +63,9 @@ def validate(dataset: str = typer.Option("breast-trimodal", help="dataset name")
     from medops.validation import validate_dataset
 
     try:
-        s = validate_dataset(data or stages.data_dir(dataset), _cfg().validate, report or stages.validation_dir(dataset))
+        cfg = _cfg()
+        s = validate_dataset(data or stages.data_dir(dataset), cfg.validate, report or stages.validation_dir(dataset),
+                             split_fractions=cfg.split.fractions, split_seed=cfg.split.seed)
     except ValidationFailed as exc:
         for line in exc.lines:
             typer.echo(f"FAILED {line}", err=True)
@@ -67,23 +73,35 @@ def validate(dataset: str = typer.Option("breast-trimodal", help="dataset name")
         raise typer.Exit(1)
     except MedopsError as exc:
         _fail(exc, 1)
-    typer.echo(f"validation passed: {s['n_cases']} cases, {s['n_images']} images; Data Docs: {s['data_docs']}")
+    extra = f", classes {s['class_counts']}" if "class_counts" in s else ""
+    typer.echo(f"validation passed: {s['n_cases']} cases, {s['n_images']} images{extra}; Data Docs: {s['data_docs']}")
 
 
 @app.command()
 def preprocess(dataset: str = typer.Option("breast-trimodal", help="dataset name")):
-    """Paper Table 2 preprocessing into content-addressed shards (validated data only)."""
+    """Paper preprocessing into content-addressed shards (validated data only): paper 000 Table 2 for
+    segmentation, paper 002 section 3.2 (histogram equalisation, resize) for classification."""
     from medops import stages
+    from medops.data.readers import dataset_info
     from medops.preprocess import preprocess_dataset
+    from medops.preprocess.classification import preprocess_classification
     from medops.validation import require_passed
 
+    cfg = _cfg()
     try:
-        require_passed(stages.data_dir(dataset), stages.validation_dir(dataset))
-        idx = preprocess_dataset(stages.data_dir(dataset), stages.preprocessed_dir(dataset), _cfg().preprocess)
+        root, out = stages.data_dir(dataset), stages.preprocessed_dir(dataset)
+        require_passed(root, stages.validation_dir(dataset))
+        if dataset_info(root).get("task") == "classification":
+            idx = preprocess_classification(root, out, cfg.preprocess_cls, split_fractions=cfg.split.fractions,
+                                            split_seed=cfg.split.seed)
+        else:
+            idx = preprocess_dataset(root, out, cfg.preprocess)
     except MedopsError as exc:
         _fail(exc)
     stats = json.loads((stages.preprocessed_dir(dataset) / "preprocess.json").read_text())
     msg = f"preprocessed {len(idx)} cases ({stats['computed']} computed, {stats['cached']} from cache)"
+    if stats.get("converted_gray_to_rgb"):
+        msg += f"; {stats['converted_gray_to_rgb']} grayscale case(s) replicated to 3 channels for the RGB backbones"
     if "reg_error_after_px" in stats:
         msg += (f"; MRI->US registration error {stats['reg_error_before_px']:.2f} px -> "
                 f"{stats['reg_error_after_px']:.2f} px (mean)")
@@ -96,8 +114,10 @@ def train(family: str = typer.Argument(..., help="model family, e.g. fusion_seg"
           cell: Optional[str] = typer.Option(None, help="ablation cell (params.yaml ablation.<family>.cells)"),
           seed: Optional[int] = typer.Option(None, help="seed of the ablation cell"),
           nproc: int = typer.Option(1, help="processes (GPUs) for DistributedDataParallel via torchrun"),
-          force: bool = typer.Option(False, "--force", help="train again even if a finished run has the same inputs")):
-    """Train a family (or one ablation cell) with the shared engine; logs to MLflow."""
+          force: bool = typer.Option(False, "--force", help="train again even if a finished run has the same inputs"),
+          pretrain: Optional[str] = typer.Option(None, "--pretrain", help="pretrain this backbone on the family's "
+                                                 "source dataset (transfer families)")):
+    """Train a family (or one ablation cell, or a source-domain pretraining) with the shared engine; logs to MLflow."""
     from medops import stages
 
     if nproc > 1:  # relaunch this same command under torchrun, one process per device
@@ -105,12 +125,14 @@ def train(family: str = typer.Argument(..., help="model family, e.g. fusion_seg"
         import sys
 
         args = ["train", family] + (["--resume"] if resume else []) + (["--cell", cell] if cell else []) \
-            + (["--seed", str(seed)] if seed is not None else []) + (["--force"] if force else [])
+            + (["--seed", str(seed)] if seed is not None else []) + (["--force"] if force else []) \
+            + (["--pretrain", pretrain] if pretrain else [])
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "medops.cli", "--params", str(_state["params"]), *args]
         raise typer.Exit(subprocess.call(cmd))
     try:
-        info = stages.train(_cfg(), family, resume=resume, progress=True, cell=cell, seed=seed, force=force)
+        info = stages.train(_cfg(), family, resume=resume, progress=True, cell=cell, seed=seed, force=force,
+                            pretrain=pretrain)
     except MedopsError as exc:
         _fail(exc)
     if "rank" in info:
@@ -122,14 +144,15 @@ def train(family: str = typer.Argument(..., help="model family, e.g. fusion_seg"
     if info.get("status") == "failed":
         typer.echo(f"cell {cell} seed {seed} FAILED ({info['reason']}); marked in MLflow run {info['run_id']}", err=True)
         return
-    typer.echo(f"trained {family}{'/' + cell if cell else ''}: MLflow run {info['run_id']}")
+    what = f"/{cell}" if cell else (f"/pretrain/{pretrain}" if pretrain else "")
+    typer.echo(f"trained {family}{what}: MLflow run {info['run_id']}")
 
 
 @app.command()
 def evaluate(family: str = typer.Argument(..., help="model family, e.g. fusion_seg")):
     """Evaluate on the test split: metrics, per-case CSV, predicted masks, figures, baseline."""
     from medops import stages
-    from medops.evaluation.segmentation import format_table
+    from medops.families import get_family
     from medops.tracking import ui_command
 
     try:
@@ -137,7 +160,7 @@ def evaluate(family: str = typer.Argument(..., help="model family, e.g. fusion_s
     except MedopsError as exc:
         _fail(exc)
     typer.echo(f"test set ({m['n_test_cases']} cases, profile {_cfg().profile}):")
-    typer.echo(format_table(m))
+    typer.echo(get_family(family).format_table(m))
     typer.echo(f"outputs: {stages.report_dir(family)}/ (metrics.json, per_case.csv, predictions/, figures/)")
     typer.echo(f"MLflow UI: {ui_command('.', m['run'])}")
 
@@ -181,13 +204,22 @@ def promote(family: str = typer.Argument(..., help="model family, e.g. fusion_se
 
 @app.command()
 def predict(model: str = typer.Option("models:/fusion_seg@champion", help="MLflow model URI"),
-            input: Path = typer.Option(..., "--input", help="case folder (us/mg/mri images) or manifest.parquet"),
+            input: Path = typer.Option(..., "--input", help="segmentation: case folder (us/mg/mri images) or "
+                                       "manifest.parquet; classification: an image or a folder of images"),
             out: Path = typer.Option(Path("predictions"), help="output folder"),
             threshold: float = typer.Option(0.5, help="probability threshold")):
-    """Masks (PNG) + a JSON summary per case; the same preprocessing as training; refuses invalid input."""
+    """Segmentation: masks (PNG) + JSON per case. Classification: class probabilities + Grad-CAM heatmap
+    per image. The same preprocessing as training; refuses invalid input."""
     from medops.predict import predict as run_predict
+    from medops.predict import predict_classification, task_of
 
     try:
+        if task_of(model) == "classification":
+            res = predict_classification(model, input, out, _cfg().preprocess_cls)
+            for r in res:
+                probs = ", ".join(f"{k} {v:.3f}" for k, v in r["probabilities"].items())
+                typer.echo(f"{r['case_id']}: {r['predicted']} ({probs}) -> {out / r['gradcam_png']}")
+            return
         res = run_predict(model, input, out, _cfg().validate, _cfg().preprocess, threshold)
     except ValidationFailed as exc:
         for line in exc.lines:
@@ -205,9 +237,13 @@ def predict(model: str = typer.Option("models:/fusion_seg@champion", help="MLflo
 def show(family: str = typer.Argument(..., help="model family, e.g. fusion_seg")):
     """Print the last evaluation's test table and the command that opens its MLflow run."""
     from medops import stages
-    from medops.evaluation.segmentation import format_table
+    from medops.families import get_family
     from medops.tracking import ui_command
 
+    try:
+        format_table = get_family(family).format_table
+    except MedopsError as exc:
+        _fail(exc)
     mpath = stages.report_dir(family) / "metrics.json"
     if not mpath.exists():
         _fail(MedopsError(str(mpath), "evaluated: no metrics yet", f"run `dvc repro` or `medops evaluate {family}`"))

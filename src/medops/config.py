@@ -78,6 +78,7 @@ class SplitConfig:
 @dataclass(frozen=True)
 class ValidateConfig:
     max_mask_fraction: float = 0.5
+    min_cases_per_class: int = 5          # classification: every class needs cases in train, val and test
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,22 @@ class PreprocessConfig:
     registration_iterations: int = 40
     registration_shrink: tuple[int, ...] = (4, 2, 1)
     workers: int = 1
+
+
+@dataclass(frozen=True)
+class ClsPreprocessConfig:
+    image_size: int = 64
+    equalize: bool = True                 # paper 002 section 3.2: histogram equalisation
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class RareDiseaseConfig:
+    """Simulated classification datasets (paper 002 section 3.1): name -> {n_cases, prevalence}."""
+    seed: int = 0
+    size: int = 128
+    workers: int = 1
+    datasets: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -115,6 +132,9 @@ class TrainConfig:
     num_workers: int = 0
     amp: bool = True
     monitor: str = "val_dice"
+    early_stopping: int = 0               # stop after this many epochs without a better monitor value (0: off)
+    focal_gamma: float = 2.0              # focal loss (classification)
+    class_weights: str = "none"           # none | inverse_frequency (classification)
 
 
 @dataclass(frozen=True)
@@ -166,17 +186,18 @@ class AblationConfig:
         kw = {k: v for k, v in self.levels(cell).items() if k in names}
         return dataclasses.replace(base, epochs=self.epochs, seed=seed, **kw)
 
-    def cell_model(self, cell: str, base: "ModelConfig") -> "ModelConfig":
-        """The model config of a cell: factor levels mapped onto ModelConfig fields."""
-        lv = self.levels(cell)
-        kw = {}
-        if "modalities" in lv:
-            kw["modalities"] = tuple(lv["modalities"].split("_"))
-        if "fusion" in lv:
-            kw["fusion"] = lv["fusion"]
-        if "arch" in lv:
-            kw["arch"] = lv["arch"]
+    def cell_model(self, cell: str, base):
+        """The model config of a cell: factor levels named after model-config fields set to the cell's level
+        (``modalities`` written ``us_mg`` becomes a tuple)."""
+        names = {f.name for f in dataclasses.fields(base)}
+        kw = {k: v for k, v in self.levels(cell).items() if k in names}
+        if "modalities" in kw:
+            kw["modalities"] = tuple(kw["modalities"].split("_"))
         return dataclasses.replace(base, **kw)
+
+    def cell_dataset(self, cell: str, default: str) -> str:
+        """The dataset a cell trains on (factor ``dataset``), else the family's."""
+        return self.levels(cell).get("dataset", default)
 
 
 @dataclass(frozen=True)
@@ -196,6 +217,54 @@ class FamilyConfig:
 
 
 @dataclass(frozen=True)
+class ClsDataConfig:
+    dataset: str = "gaucher-ct"           # target dataset (small, imbalanced)
+    source: str = "rare-source"           # source domain for offline transfer (pretraining)
+
+
+@dataclass(frozen=True)
+class ClsModelConfig:
+    arch: str = "transfer_cls"
+    backbone: str = "densenet201"         # vgg16 | resnet50 | densenet201 | inception_v3
+    strategy: str = "fine_tune"           # fine_tune | feature_extraction
+    weights: str = "source"               # imagenet (local torch cache) | source (pretrained here) | none
+    dropout: float = 0.3
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    rotation_deg: float = 15.0
+    zoom: float = 0.1
+    hflip: bool = True
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    backbones: tuple[str, ...] = ("densenet201",)
+    epochs: int = 2
+    lr: float = 3e-4
+    batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class ClsEvaluateConfig:
+    bootstrap: int = 1000                 # resamples for the CIs of the test metrics
+    gradcam_figure_cases: int = 6
+
+
+@dataclass(frozen=True)
+class ClsFamilyConfig:
+    data: ClsDataConfig = ClsDataConfig()
+    model: ClsModelConfig = ClsModelConfig()
+    train: TrainConfig = TrainConfig()
+    augment: AugmentConfig = AugmentConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    evaluate: ClsEvaluateConfig = ClsEvaluateConfig()
+    ablation: AblationConfig = AblationConfig()
+    promote: PromoteConfig = PromoteConfig()
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     experiment_prefix: str = ""
 
@@ -207,9 +276,11 @@ class Config:
     split: SplitConfig
     validate: ValidateConfig
     preprocess: PreprocessConfig
-    families: dict[str, FamilyConfig]
+    families: dict[str, Any]
     tracking: TrackingConfig
     raw: dict  # the resolved params, logged whole to MLflow
+    rare_disease: RareDiseaseConfig = RareDiseaseConfig()
+    preprocess_cls: ClsPreprocessConfig = ClsPreprocessConfig()
 
     def family(self, name: str) -> FamilyConfig:
         if name not in self.families:
@@ -218,7 +289,8 @@ class Config:
         return self.families[name]
 
 
-FAMILY_KEYS = ("fusion_seg",)
+FAMILY_CONFIGS = {"fusion_seg": FamilyConfig, "transfer_cls": ClsFamilyConfig}
+FAMILY_KEYS = tuple(FAMILY_CONFIGS)
 
 
 def load_config(path: str | Path = "params.yaml", profile: str | None = None) -> Config:
@@ -241,9 +313,11 @@ def load_config(path: str | Path = "params.yaml", profile: str | None = None) ->
             sec = dict(resolved[k])
             sec["ablation"] = resolved.get("ablation", {}).get(k, {})
             sec["promote"] = resolved.get("promote", {}).get(k, {})
-            families[k] = _build(FamilyConfig, sec, k)
+            families[k] = _build(FAMILY_CONFIGS[k], sec, k)
             families[k].ablation.check(k)
     for fam in families.values():
+        if not hasattr(fam.model, "modalities"):
+            continue
         bad = set(fam.model.modalities) - set(MODALITIES)
         if bad or not fam.model.modalities:
             raise ConfigError("params.yaml:fusion_seg.model.modalities", f"unknown modality {sorted(bad)}",
@@ -257,4 +331,6 @@ def load_config(path: str | Path = "params.yaml", profile: str | None = None) ->
         families=families,
         tracking=_build(TrackingConfig, resolved.get("tracking", {}), "tracking"),
         raw=resolved,
+        rare_disease=_build(RareDiseaseConfig, resolved.get("rare_disease", {}), "rare_disease"),
+        preprocess_cls=_build(ClsPreprocessConfig, resolved.get("preprocess_cls", {}), "preprocess_cls"),
     )

@@ -111,3 +111,98 @@ def _version(model_uri: str) -> str | None:
         except Exception:
             return None
     return None
+
+
+def task_of(model_uri: str) -> str:
+    """``classification`` or ``segmentation``, from the family named in a ``models:/<family>...`` URI
+    (other URIs: from the run's ``task`` tag)."""
+    if model_uri.startswith("models:/"):
+        name = model_uri.split("models:/", 1)[1].replace("@", "/").split("/", 1)[0]
+        from medops.families import list_families
+
+        if name in list_families():
+            from medops.families import get_family
+
+            return get_family(name).task_type
+    return "segmentation"
+
+
+CLS_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".nii", ".nii.gz")
+
+
+def _cls_inputs(inp: Path) -> list[Path]:
+    if inp.is_file():
+        return [inp]
+    if inp.is_dir():
+        files = sorted(p for p in inp.iterdir() if p.is_file() and p.name.lower().endswith(CLS_SUFFIXES))
+        if files:
+            return files
+    raise DataError(str(inp), "predict_input: no image found",
+                    f"pass an image or a folder of images ({', '.join(CLS_SUFFIXES)})")
+
+
+def predict_classification(model_uri: str, inp: Path, out: Path, default_pre) -> list[dict]:
+    """Class probabilities (the registered model) and a Grad-CAM heatmap (the same weights rebuilt by
+    name from the run's checkpoint) per image; the preprocessing of the model's training run.
+    Every input is read and checked before anything is predicted or written."""
+    import mlflow
+    import torch
+
+    from medops.config import ClsModelConfig
+    from medops.data.io import read_image
+    from medops.explain import gradcam
+    from medops.preprocess.classification import preprocess_image
+    from medops.tracking import registry
+    from medops.tracking.mlflow_run import _mlflow
+
+    _mlflow()
+    files = _cls_inputs(inp)
+    stacks = []
+    for f in files:  # refuse the whole batch on the first bad file: nothing half-written
+        arr = read_image(f, color=True).astype(np.float32)
+        if min(arr.shape[:2]) < 32:
+            raise DataError(str(f), f"min_size: image is {arr.shape[1]}x{arr.shape[0]}", "use images of at least 32x32 pixels")
+        stacks.append(arr.transpose(2, 0, 1) if arr.ndim == 3 else arr[None])
+    try:
+        info = mlflow.models.get_model_info(model_uri)
+    except Exception as exc:
+        raise DataError(model_uri, f"model_exists: cannot resolve the model ({exc})",
+                        "check the name/alias (e.g. models:/transfer_cls@champion) and MLFLOW_TRACKING_URI") from exc
+    run = mlflow.get_run(info.run_id)
+    params, tags = run.data.params, run.data.tags
+    classes = json.loads(tags.get("classes", "[]"))
+    pcfg = replace(default_pre, **{k: type(getattr(default_pre, k))(params[f"preprocess_cls.{k}"] == "True"
+                                                                   if isinstance(getattr(default_pre, k), bool)
+                                                                   else params[f"preprocess_cls.{k}"])
+                                   for k in ("image_size", "equalize") if f"preprocess_cls.{k}" in params})
+    model = mlflow.pytorch.load_model(model_uri)
+    from medops.stages import build_model
+
+    mcfg = ClsModelConfig(backbone=params["resolved_model.backbone"], strategy=params["resolved_model.strategy"],
+                          weights="none", dropout=float(params["resolved_model.dropout"]))
+    net = build_model(mcfg, num_classes=len(classes))
+    ck = registry.download(info.run_id, "checkpoint/best.pt", out / ".checkpoint")
+    net.load_state_dict(torch.load(ck, map_location="cpu", weights_only=True)["model"])
+    version = _version(model_uri)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for f, stack in zip(files, stacks):
+        img, _, converted = preprocess_image(stack, None, pcfg)
+        x = torch.from_numpy(img[None])
+        with torch.no_grad():
+            prob = model(x)[0].numpy()
+        cam = gradcam(net, x, class_idx=1 if len(classes) == 2 else int(prob.argmax()))[0]
+        case = f.name.split(".")[0]
+        heat = cv2.applyColorMap((cam * 255).astype(np.uint8), cv2.COLORMAP_JET)
+        base = cv2.cvtColor((img.transpose(1, 2, 0) * 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
+        write_png(out / f"{case}_gradcam.png", cv2.addWeighted(base, 0.55, heat, 0.45, 0))
+        np.save(out / f"{case}_gradcam.npy", cam.astype(np.float32))
+        summary = {"case_id": case, "input": str(f), "model_uri": model_uri, "model_version": version,
+                   "run_id": info.run_id, "classes": classes,
+                   "probabilities": {c: float(p) for c, p in zip(classes, prob)},
+                   "predicted": classes[int(prob.argmax())], "image_size": pcfg.image_size,
+                   "converted_gray_to_rgb": bool(converted), "gradcam_png": f"{case}_gradcam.png",
+                   "gradcam_layer": net.gradcam_layer}
+        (out / f"{case}.json").write_text(json.dumps(summary, indent=2))
+        results.append(summary)
+    return results

@@ -35,3 +35,45 @@ class ShardDataset(Dataset):
 
     def __getitem__(self, i):
         return self.images[i].float(), self.masks[i].float(), i
+
+
+class ClassificationDataset(Dataset):
+    """Cases of one split: ``(image [3,S,S] float32 in [0,1], label int64, index)``.
+
+    ``augment`` (training split only; paper 002 section 3.2): random rotation (degrees),
+    zoom (scale range) and horizontal flip, from torchvision transforms v2, drawn from torch's
+    seeded generator so a resumed run sees the same augmentations."""
+
+    def __init__(self, pre_dir: str | Path, index: pd.DataFrame, split: str | None, augment: dict | None = None):
+        pre_dir = Path(pre_dir)
+        rows = index if split is None else index[index.split == split]
+        if rows.empty:
+            raise DataError(f"{pre_dir}/index.parquet", f"split_not_empty: no cases in split '{split}'",
+                            "add cases or change split.fractions in params.yaml")
+        self.case_ids = rows.case_id.tolist()
+        imgs, masks = [], []
+        for shard in rows.shard:
+            z = np.load(pre_dir / shard)
+            imgs.append(z["image"])
+            masks.append(z["mask"] if z["mask"].size else np.zeros(z["image"].shape[1:], np.uint8))
+        self.images = torch.from_numpy(np.stack(imgs))
+        self.masks = torch.from_numpy(np.stack(masks))
+        self.has_mask = torch.tensor(rows.has_mask.to_numpy(bool))
+        self.labels = torch.tensor(rows.label_idx.to_numpy(np.int64))
+        self.transform = None
+        if augment:
+            from torchvision.transforms import v2
+
+            z = float(augment.get("zoom", 0.0))
+            self.transform = v2.Compose([
+                v2.RandomAffine(degrees=float(augment.get("rotation_deg", 0.0)), scale=(1 - z, 1 + z)),
+                v2.RandomHorizontalFlip(0.5 if augment.get("hflip", False) else 0.0)])
+
+    def __len__(self):
+        return len(self.case_ids)
+
+    def __getitem__(self, i):
+        x = self.images[i].float()
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, self.labels[i], i

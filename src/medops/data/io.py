@@ -14,7 +14,7 @@ import numpy as np
 
 from medops.errors import DataError
 
-SUPPORTED = (".png", ".dcm", ".nii", ".nii.gz")
+SUPPORTED = (".png", ".jpg", ".jpeg", ".dcm", ".nii", ".nii.gz")
 
 
 def resolve_inside(root: str | Path, rel: str) -> Path:
@@ -43,19 +43,25 @@ def resolve_inside(root: str | Path, rel: str) -> Path:
     return full
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read a 2-D image as a numpy array in its stored dtype."""
+def read_image(path: str | Path, color: bool = False) -> np.ndarray:
+    """Read a 2-D image as a numpy array in its stored dtype.
+
+    ``color=True`` keeps RGB images as (H, W, 3) in RGB order (else they become grayscale).
+    DICOM values go through the modality LUT (RescaleSlope/Intercept: CT in Hounsfield units).
+    """
     path = Path(path)
     name = path.name.lower()
     if not path.exists():
         raise DataError(str(path), "readable: file does not exist", "regenerate the dataset or fix the manifest path")
-    if name.endswith(".png"):
+    if name.endswith((".png", ".jpg", ".jpeg")):
         arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if arr is None:
-            raise DataError(str(path), "readable: not a decodable PNG (truncated or corrupt)",
-                            "re-export or regenerate this image")
+            raise DataError(str(path), f"readable: not a decodable {path.suffix[1:].upper()} image (truncated, corrupt or not an image)",
+                            "re-export or regenerate this image, or remove it from the folder")
+        if arr.ndim == 3 and arr.shape[2] == 4:
+            arr = arr[..., :3]
         if arr.ndim == 3:
-            arr = cv2.cvtColor(arr, cv2.COLOR_BGR2GRAY)
+            arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB) if color else cv2.cvtColor(arr, cv2.COLOR_BGR2GRAY)
         return arr
     if name.endswith(".nii") or name.endswith(".nii.gz"):
         import nibabel as nib
@@ -79,9 +85,20 @@ def read_image(path: str | Path) -> np.ndarray:
             raise DataError(str(path), f"readable: not a valid DICOM file ({exc})", "re-export the image") from exc
         if "PixelData" not in ds:
             raise DataError(str(path), "readable: DICOM has no pixel data", "export the image with its pixel data")
-        return ds.pixel_array
+        try:
+            arr = ds.pixel_array
+        except Exception as exc:
+            raise DataError(str(path), f"readable: DICOM pixel data cannot be decoded ({exc})",
+                            "re-export the image uncompressed") from exc
+        if "RescaleSlope" in ds or "RescaleIntercept" in ds:
+            from pydicom.pixels import apply_modality_lut
+
+            arr = apply_modality_lut(arr, ds).astype(np.float32)
+        if arr.ndim == 3 and not color and arr.shape[-1] == 3:
+            arr = cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY)
+        return arr
     raise DataError(str(path), f"readable: unsupported format (supported: {', '.join(SUPPORTED)})",
-                    "convert the image to PNG, DICOM or NIfTI")
+                    "convert the image to PNG, JPEG, DICOM or NIfTI, or remove it from the folder")
 
 
 def write_png(path: str | Path, arr: np.ndarray) -> None:

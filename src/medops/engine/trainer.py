@@ -214,7 +214,12 @@ class Trainer:
             stats = all_reduce_sum(torch.stack([total.float(), torch.tensor(float(n), device=self.device)]))
             train_loss = float(stats[0]) / max(float(stats[1]), 1)
             if not main:  # rank 0 validates, logs and checkpoints; the others wait for it
+                stop = False
+                if self.dist.world > 1 and cfg.early_stopping > 0:
+                    stop = bool(all_reduce_sum(torch.tensor([0.0], device=self.device))[0] > 0)
                 barrier()
+                if stop:
+                    break
                 continue
             val = self.validate(val_ds, net)
             rec = {"epoch": epoch + 1, "train_loss": train_loss, **val,
@@ -235,8 +240,25 @@ class Trainer:
                 tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  train_loss {train_loss:.4f}  "
                            f"val_loss {rec.get('val_loss', float('nan')):.4f}  {task.monitor} {metric:.4f}")
             self._emit("epoch_end", rec)
+            stop = self._should_stop()
+            if self.dist.world > 1 and cfg.early_stopping > 0:  # every rank must leave the loop together
+                stop = bool(all_reduce_sum(torch.tensor([float(stop)], device=self.device))[0] > 0)
             barrier()
+            if stop:
+                if self.progress:
+                    tqdm.write(f"early stopping: no better {task.monitor} for {cfg.early_stopping} epochs")
+                break
         return self.history
+
+    def _should_stop(self) -> bool:
+        """Early stopping from the history alone, so a resumed run stops where an uninterrupted one would."""
+        k = self.cfg.early_stopping
+        if k <= 0 or not self.history:
+            return False
+        vals = [h[self.task.monitor] for h in self.history]
+        best = max(vals) if self.task.monitor_mode == "max" else min(vals)
+        best_i = vals.index(best)  # the first epoch reaching it: the one best.pt holds
+        return len(vals) - 1 - best_i >= k
 
     @torch.no_grad()
     def validate(self, ds: Dataset, net: nn.Module | None = None) -> dict[str, float]:

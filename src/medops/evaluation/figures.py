@@ -17,14 +17,16 @@ def loss_curves(history: pd.DataFrame, out: Path) -> Path:
     ax[0].plot(history.epoch, history.train_loss, label="train")
     ax[0].plot(history.epoch, history.val_loss, label="validation")
     ax[0].set_xlabel("epoch")
-    ax[0].set_ylabel("Dice + BCE loss")
+    ax[0].set_ylabel("loss")
     ax[0].legend()
     ax[0].set_title("loss")
-    if "val_dice" in history:
-        ax[1].plot(history.epoch, history.val_dice, color="tab:green")
-        ax[1].set_xlabel("epoch")
-        ax[1].set_ylabel("validation DSC")
-        ax[1].set_title("validation DSC")
+    for col, name in (("val_dice", "validation DSC"), ("val_auc", "validation AUC-ROC")):
+        if col in history:
+            ax[1].plot(history.epoch, history[col], color="tab:green")
+            ax[1].set_xlabel("epoch")
+            ax[1].set_ylabel(name)
+            ax[1].set_title(name)
+            break
     fig.tight_layout()
     fig.savefig(out, dpi=90)
     plt.close(fig)

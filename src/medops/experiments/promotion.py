@@ -16,19 +16,26 @@ class Gate:
     reason: str
 
 
-def select_candidate(cells: pd.DataFrame) -> pd.Series:
-    """Best cell by mean validation DSC over its finished seeds, then its best seed (validation
-    DSC): the test split is never used to choose."""
+def select_candidate(cells: pd.DataFrame, by: str | None = None) -> pd.Series:
+    """Best cell by the mean of its finished seeds' validation score (``selection``: the family's
+    validation metric at the best epoch, e.g. DSC or AUC), then its best seed: the test split is
+    never used to choose."""
+    by = by or ("selection" if "selection" in cells else "best_val_dice")
     ok = cells[(cells.status == "finished") & (cells.run_id.astype(str) != "")]
+    ok = ok[ok[by].notna()]
     if ok.empty:
         raise ValueError("no finished ablation cell to promote")
-    best_cell = ok.groupby("cell").best_val_dice.mean().idxmax()
+    best_cell = ok.groupby("cell")[by].mean().idxmax()
     g = ok[ok.cell == best_cell]
-    return g.loc[g.best_val_dice.idxmax()]
+    return g.loc[g[by].idxmax()]
 
 
 def evaluate_gates(*, validation: str, test_mean: float, floor: float, metric: str,
-                   candidate_cases: pd.Series, champion_cases: pd.Series | None, alpha: float) -> list[Gate]:
+                   candidate_cases, champion_cases, alpha: float, compare=None) -> list[Gate]:
+    """Gates: validated data, test metric above the floor, and (when there is a champion) a
+    one-sided paired test on the same test cases. ``compare(candidate, champion)`` returns the
+    test's dict (n, mean_diff, p, test) or None when the cases differ; default: paired Wilcoxon
+    on per-case Series."""
     gates = [Gate("data_validated", validation == "passed",
                   "its dataset passed validation" if validation == "passed"
                   else f"its dataset did not pass validation (validation={validation})"),
@@ -36,12 +43,18 @@ def evaluate_gates(*, validation: str, test_mean: float, floor: float, metric: s
     if champion_cases is None:
         gates.append(Gate("beats_champion", True, "no current champion"))
     else:
-        a, b = candidate_cases.align(champion_cases, join="inner")
-        if len(a) == 0 or len(a) != len(candidate_cases) or len(b) != len(champion_cases):
+        res = (compare or _wilcoxon)(candidate_cases, champion_cases)
+        if res is None:
             gates.append(Gate("beats_champion", False, "champion was tested on other cases: not comparable"))
         else:
-            res = paired_test(a.to_numpy(), b.to_numpy())
             ok = res["p"] < alpha and res["mean_diff"] > 0
-            gates.append(Gate("beats_champion", ok, f"paired Wilcoxon vs champion on {res['n']} cases: "
+            gates.append(Gate("beats_champion", ok, f"{res.get('test', 'paired Wilcoxon')} vs champion on {res['n']} cases: "
                                                    f"mean Δ{metric} {res['mean_diff']:+.4f}, p={res['p']:.3g} (α={alpha})"))
     return gates
+
+
+def _wilcoxon(candidate_cases: pd.Series, champion_cases: pd.Series) -> dict | None:
+    a, b = candidate_cases.align(champion_cases, join="inner")
+    if len(a) == 0 or len(a) != len(candidate_cases) or len(b) != len(champion_cases):
+        return None
+    return {**paired_test(a.to_numpy(), b.to_numpy()), "test": "paired Wilcoxon"}

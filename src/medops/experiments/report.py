@@ -16,8 +16,8 @@ from medops.experiments.stats import mean_ci, paired_test
 METRICS = ("dsc", "iou", "sensitivity", "specificity")
 
 
-def collect(cells_root: Path, abl: AblationConfig) -> pd.DataFrame:
-    """One row per (cell, seed): status, reason, validation and test metrics, run id."""
+def collect(cells_root: Path, abl: AblationConfig, metrics: tuple = METRICS) -> pd.DataFrame:
+    """One row per (cell, seed): status, reason, validation score (``selection``) and test metrics, run id."""
     rows = []
     for cell in abl.cells:
         for seed in abl.seeds:
@@ -25,8 +25,10 @@ def collect(cells_root: Path, abl: AblationConfig) -> pd.DataFrame:
             st = json.loads((d / "status.json").read_text()) if (d / "status.json").exists() else {"status": "missing"}
             run = json.loads((d / "run.json").read_text()) if (d / "run.json").exists() else {}
             rows.append({"cell": cell, "seed": seed, "status": st["status"], "reason": st.get("reason", ""),
-                         "best_val_dice": st.get("best_val_dice", np.nan), "run_id": run.get("run_id", ""),
-                         **{f"test_{m}": st.get("test", {}).get(m, np.nan) for m in METRICS}})
+                         "best_val_dice": st.get("best_val_dice", np.nan),
+                         "selection": st.get("selection_score", st.get("best_val_dice", np.nan)),
+                         "run_id": run.get("run_id", ""),
+                         **{f"test_{m}": st.get("test", {}).get(m, np.nan) for m in metrics}})
     return pd.DataFrame(rows)
 
 

@@ -32,6 +32,14 @@ MODALITY_SPEC = {
     "mri": {"shape": (256, 256), "dtypes": ["uint16"], "max": 65535},
     "mask": {"shape": (256, 256), "dtypes": ["uint8"], "max": 255},
 }
+# classification datasets (folder / CSV / simulated): sizes vary, so a minimum size instead of a shape
+CLS_MODALITY_SPEC = {
+    "image": {"min_size": 32, "dtypes": ["uint8", "uint16", "int16", "float32"], "max": None},
+    "t1": {"min_size": 32, "dtypes": ["uint8", "uint16"], "max": None},
+    "t2": {"min_size": 32, "dtypes": ["uint8", "uint16"], "max": None},
+    "flair": {"min_size": 32, "dtypes": ["uint8", "uint16"], "max": None},
+    "mask": {"min_size": 32, "dtypes": ["uint8"], "max": 255},
+}
 SPLITS = ["train", "val", "test"]
 MANIFEST_COLUMNS = ["case_id", "patient_id", "modality", "path", "split"]
 
@@ -56,6 +64,9 @@ RULES = {
     "split_known": Rule("split_known", f"set split to one of {SPLITS}", "path"),
     "all_modalities": Rule("all_modalities", "add the missing modality file for the case or drop the case", "case_id"),
     "patient_one_split": Rule("patient_one_split", "re-split by patient (medops generate does this) so each patient is in one split", "patient_id"),
+    "min_size": Rule("min_size", "use images of at least 32x32 pixels (the backbones downsample 32x)", "path"),
+    "label_known": Rule("label_known", "use a label from the class list (dataset.json 'classes' or the class folder names), or add the class there", "path"),
+    "class_min_images": Rule("class_min_images", "add images to this class (every split needs examples) or merge/drop the class", "label"),
 }
 
 
@@ -70,11 +81,12 @@ def _image_stats(root: Path, row) -> dict:
         out["error"] = exc.rule
         return out
     try:
-        arr = read_image(full)
+        arr = read_image(full, color=True)
     except DataError as exc:
         out["error"] = exc.rule
         return out
-    out.update(readable=True, height=arr.shape[0], width=arr.shape[1], dtype=str(arr.dtype), sha256=file_sha256(full))
+    out.update(readable=True, height=arr.shape[0], width=arr.shape[1], dtype=str(arr.dtype), sha256=file_sha256(full),
+               channels=int(arr.shape[2]) if arr.ndim == 3 else 1)
     a = arr.astype(np.float64)
     finite = np.isfinite(a)
     out["n_nonfinite"] = int((~finite).sum())
@@ -87,29 +99,47 @@ def _image_stats(root: Path, row) -> dict:
     return out
 
 
+def _required_cls(mods: list[str]) -> set[str]:
+    """A classification case needs one 'image' file, or all of T1/T2/FLAIR."""
+    return {"t1", "t2", "flair"} if set(mods) & {"t1", "t2", "flair"} else {"image"}
+
+
 def build_tables(root: Path, manifest: pd.DataFrame, progress: bool = True,
-                 required: tuple[str, ...] = tuple(MODALITY_SPEC)) -> dict[str, pd.DataFrame]:
-    missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
+                 required: tuple[str, ...] = tuple(MODALITY_SPEC), classes: list[str] | None = None,
+                 min_per_class: int = 1) -> dict[str, pd.DataFrame]:
+    missing = [c for c in MANIFEST_COLUMNS + (["label"] if classes is not None else []) if c not in manifest.columns]
     if missing:
         raise DataError(str(root / "manifest.parquet"), f"manifest_columns: missing {missing}",
                         f"the manifest needs columns {MANIFEST_COLUMNS}")
+    cols = MANIFEST_COLUMNS + (["label"] if classes is not None else [])
     rows = [
         {**r._asdict(), **_image_stats(root, r)}
-        for r in tqdm(list(manifest[MANIFEST_COLUMNS].itertuples(index=False)), desc="validate", disable=not progress)
+        for r in tqdm(list(manifest[cols].itertuples(index=False)), desc="validate", disable=not progress)
     ]
     images = pd.DataFrame(rows)
+    if classes is not None:
+        images["label"] = images["label"].astype(str)
     present = images.groupby("case_id")["modality"].apply(lambda s: sorted(set(s)))
+    need = (lambda m: _required_cls(m)) if classes is not None else (lambda m: set(required))
     cases = pd.DataFrame({
         "case_id": present.index,
-        "missing": [",".join(sorted(set(required) - set(m))) for m in present],
+        "missing": [",".join(sorted(need(m) - set(m))) for m in present],
     })
     pats = images.groupby("patient_id")["split"].apply(lambda s: ",".join(sorted(set(map(str, s)))))
     patients = pd.DataFrame({"patient_id": pats.index, "splits": pats.values,
                              "n_splits": [len(s.split(",")) for s in pats.values]})
-    return {"images": images, "cases": cases, "patients": patients}
+    tables = {"images": images, "cases": cases, "patients": patients}
+    if classes is not None:
+        img = images[images.modality != "mask"]
+        counts = img.drop_duplicates("case_id").groupby("label").size()
+        tables["classes"] = pd.DataFrame({"label": [str(c) for c in classes],
+                                          "n_cases": [int(counts.get(str(c), 0)) for c in classes]})
+        tables["labels"] = img.assign(label=img.label.astype(str))[["path", "case_id", "label"]].reset_index(drop=True)
+        tables["meta"] = {"classes": [str(c) for c in classes], "min_per_class": min_per_class}
+    return tables
 
 
-def _suites(cfg: ValidateConfig):
+def _suites(cfg: ValidateConfig, spec: dict = MODALITY_SPEC, meta: dict | None = None):
     """Expectation suites as code: {table: [(rule, expectation), ...]}."""
     import great_expectations.expectations as gxe
 
@@ -123,17 +153,28 @@ def _suites(cfg: ValidateConfig):
         "cases": [("all_modalities", gxe.ExpectColumnValuesToBeInSet(column="missing", value_set=[""]))],
         "patients": [("patient_one_split", gxe.ExpectColumnValuesToBeBetween(column="n_splits", min_value=1, max_value=1))],
     }
-    for mod, spec in MODALITY_SPEC.items():
-        h, w = spec["shape"]
-        s = [
-            ("shape", gxe.ExpectColumnValuesToBeBetween(column="height", min_value=h, max_value=h)),
-            ("shape", gxe.ExpectColumnValuesToBeBetween(column="width", min_value=w, max_value=w)),
-            ("dtype", gxe.ExpectColumnValuesToBeInSet(column="dtype", value_set=spec["dtypes"])),
+    if meta is not None:  # classification: labels from the class list, enough cases per class
+        suites["labels"] = [("label_known", gxe.ExpectColumnValuesToBeInSet(column="label", value_set=meta["classes"]))]
+        suites["classes"] = [("class_min_images", gxe.ExpectColumnValuesToBeBetween(
+            column="n_cases", min_value=meta["min_per_class"]))]
+    for mod, mspec in spec.items():
+        if "shape" in mspec:
+            h, w = mspec["shape"]
+            s = [("shape", gxe.ExpectColumnValuesToBeBetween(column="height", min_value=h, max_value=h)),
+                 ("shape", gxe.ExpectColumnValuesToBeBetween(column="width", min_value=w, max_value=w))]
+        else:
+            s = [("min_size", gxe.ExpectColumnValuesToBeBetween(column="height", min_value=mspec["min_size"])),
+                 ("min_size", gxe.ExpectColumnValuesToBeBetween(column="width", min_value=mspec["min_size"]))]
+        s += [
+            ("dtype", gxe.ExpectColumnValuesToBeInSet(column="dtype", value_set=mspec["dtypes"])),
             ("finite", gxe.ExpectColumnValuesToBeBetween(column="n_nonfinite", min_value=0, max_value=0)),
-            ("intensity_range", gxe.ExpectColumnValuesToBeBetween(column="min", min_value=0)),
-            ("intensity_range", gxe.ExpectColumnValuesToBeBetween(column="max", max_value=spec["max"])),
         ]
-        if mod == "mask":
+        if mspec["max"] is not None:
+            s += [("intensity_range", gxe.ExpectColumnValuesToBeBetween(column="min", min_value=0)),
+                  ("intensity_range", gxe.ExpectColumnValuesToBeBetween(column="max", max_value=mspec["max"]))]
+        if mod == "mask" and meta is not None:
+            s += [("mask_binary", gxe.ExpectColumnValuesToBeInSet(column="mask_binary", value_set=[True]))]
+        elif mod == "mask":
             s += [
                 ("mask_binary", gxe.ExpectColumnValuesToBeInSet(column="mask_binary", value_set=[True])),
                 ("mask_not_empty", gxe.ExpectColumnValuesToBeBetween(
@@ -143,15 +184,19 @@ def _suites(cfg: ValidateConfig):
     return suites
 
 
-def _frames(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+def _frames(tables: dict[str, pd.DataFrame], spec: dict = MODALITY_SPEC) -> dict[str, pd.DataFrame]:
     img = tables["images"]
     frames = {"images": img, "cases": tables["cases"], "patients": tables["patients"]}
-    for mod in MODALITY_SPEC:
+    for extra in ("labels", "classes"):
+        if extra in tables:
+            frames[extra] = tables[extra]
+    for mod in spec:
         frames[f"images_{mod}"] = img[(img.modality == mod) & img.readable].reset_index(drop=True)
     return frames
 
 
-def run_suites(tables: dict[str, pd.DataFrame], cfg: ValidateConfig, docs_dir: Path) -> list[str]:
+def run_suites(tables: dict[str, pd.DataFrame], cfg: ValidateConfig, docs_dir: Path,
+               spec: dict = MODALITY_SPEC) -> list[str]:
     """Run every suite through a GX checkpoint; build Data Docs into ``docs_dir``."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
@@ -168,8 +213,8 @@ def run_suites(tables: dict[str, pd.DataFrame], cfg: ValidateConfig, docs_dir: P
             pass
         source = ctx.data_sources.add_pandas("medops")
         failures: list[str] = []
-        frames = _frames(tables)
-        for table, exps in _suites(cfg).items():
+        frames = _frames(tables, spec)
+        for table, exps in _suites(cfg, spec, tables.get("meta")).items():
             df = frames[table]
             if df.empty:
                 continue
@@ -179,7 +224,7 @@ def run_suites(tables: dict[str, pd.DataFrame], cfg: ValidateConfig, docs_dir: P
                 suite.add_expectation(exp)
             bd = source.add_dataframe_asset(table).add_batch_definition_whole_dataframe("all")
             vd = ctx.validation_definitions.add(gx.ValidationDefinition(data=bd, suite=suite, name=table))
-            index_cols = [c for c in ("case_id", "path", "patient_id") if c in df.columns]
+            index_cols = [c for c in ("case_id", "path", "patient_id", "label") if c in df.columns]
             cp = ctx.checkpoints.add(gx.Checkpoint(
                 name=f"cp_{table}", validation_definitions=[vd], actions=[UpdateDataDocsAction(name="docs")],
                 result_format={"result_format": "COMPLETE", "unexpected_index_column_names": index_cols}))
@@ -193,6 +238,8 @@ def run_suites(tables: dict[str, pd.DataFrame], cfg: ValidateConfig, docs_dir: P
                     col = r.expectation_config.kwargs.get("column")
                     for item in r.result.get("unexpected_index_list") or []:
                         where = item.get(rule.key) or item.get("path") or item.get("case_id")
+                        if rule.key == "label":
+                            where = f"class '{where}'"
                         extra = f" (case {item['case_id']})" if rule.key == "path" and "case_id" in item else ""
                         detail = _detail(df, item, col)
                         failures.append(f"{where}{extra}: rule {rule.name} failed ({col}={detail}). Fix: {rule.fix}")
@@ -226,37 +273,59 @@ def _detail(df: pd.DataFrame, item: dict, col: str | None):
     return v
 
 
-def manifest_digest(root: Path) -> str:
-    return file_sha256(Path(root) / "manifest.parquet")
+def manifest_digest(root: Path, manifest: pd.DataFrame | None = None) -> str:
+    from medops.data.readers import manifest_digest as digest
+
+    return digest(root, manifest)
 
 
 def validate_dataset(root: str | Path, cfg: ValidateConfig, report_dir: str | Path, progress: bool = True,
-                     required: tuple[str, ...] = tuple(MODALITY_SPEC), manifest: pd.DataFrame | None = None) -> dict:
+                     required: tuple[str, ...] = tuple(MODALITY_SPEC), manifest: pd.DataFrame | None = None,
+                     split_fractions: dict | None = None, split_seed: int = 0) -> dict:
     """Validate the dataset under ``root``; write the report; raise on any failure.
 
-    ``required``: the modalities every case must have (prediction inputs need no mask).
-    ``manifest``: validate this table instead of ``root/manifest.parquet`` (nothing is written under root).
+    The layout decides the rules: a segmentation dataset (``manifest.parquet`` of
+    breast-trimodal) gets fixed shapes per modality; a classification dataset
+    (``dataset.json`` task classification, a ``labels.csv`` or one folder per class) gets
+    minimum sizes, a known label per image and enough cases per class.
+    ``required``: the modalities every segmentation case must have (prediction inputs need no mask).
+    ``manifest``: validate this table instead of the one read from ``root`` (nothing is written under root).
     """
+    from medops.data.readers import dataset_info, load_manifest
+
     root, report_dir = Path(root), Path(report_dir)
-    mpath = root / "manifest.parquet"
+    info = dataset_info(root)
+    classification = info.get("task") == "classification"
     if manifest is None:
-        if not mpath.exists():
-            raise DataError(str(mpath), "manifest_exists: no manifest",
+        if not classification and not (root / "manifest.parquet").exists():
+            raise DataError(str(root / "manifest.parquet"), "manifest_exists: no manifest",
                             "run `medops generate` or write a manifest.parquet")
-        manifest = pd.read_parquet(mpath)
-    tables = build_tables(root, manifest, progress=progress, required=required)
+        manifest = load_manifest(root, split_fractions, split_seed)
+    if classification:
+        classes = info.get("classes") or sorted(manifest.label.astype(str).unique())
+        tables = build_tables(root, manifest, progress=progress, classes=classes,
+                              min_per_class=cfg.min_cases_per_class)
+        spec = {m: v for m, v in CLS_MODALITY_SPEC.items() if m in set(manifest.modality)}
+    else:
+        tables = build_tables(root, manifest, progress=progress, required=required)
+        spec = MODALITY_SPEC
     report_dir.mkdir(parents=True, exist_ok=True)
-    failures = run_suites(tables, cfg, report_dir / "data_docs")
+    failures = run_suites(tables, cfg, report_dir / "data_docs", spec)
     tables["images"].to_csv(report_dir / "image_stats.csv", index=False)
     summary = {
         "status": "failed" if failures else "passed",
         "dataset": str(root),
-        "manifest_sha256": manifest_digest(root) if mpath.exists() else "in-memory",
+        "task": "classification" if classification else "segmentation",
+        "manifest_sha256": manifest_digest(root, manifest) if (root / "manifest.parquet").exists() or classification
+        else "in-memory",
         "n_images": int(len(manifest)),
         "n_cases": int(manifest["case_id"].nunique()),
         "failures": failures,
         "data_docs": str(report_dir / "data_docs" / "index.html"),
     }
+    if classification:
+        summary["classes"] = tables["meta"]["classes"]
+        summary["class_counts"] = dict(zip(tables["classes"].label, map(int, tables["classes"].n_cases)))
     (report_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if failures:
         raise ValidationFailed(failures, summary["data_docs"])

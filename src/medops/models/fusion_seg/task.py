@@ -14,7 +14,7 @@ class SegmentationTask(TaskModule):
     monitor = "val_dice"
     monitor_mode = "max"
 
-    def __init__(self, net, cfg: TrainConfig, threshold: float = 0.5):
+    def __init__(self, net, cfg: TrainConfig, threshold: float = 0.5, dataset=None, **_):
         super().__init__(net, cfg)
         self.loss_fn = build_loss(cfg.loss, dice_weight=cfg.dice_weight, bce_weight=cfg.bce_weight)
         self.threshold = threshold

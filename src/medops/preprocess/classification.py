@@ -1,0 +1,116 @@
+"""Preprocessing for classification datasets (paper 002 section 3.2), cached as shards.
+
+Per case: every channel scaled to [0, 1] between robust percentiles, histogram equalisation
+(scikit-image), resize to the profile's size (224 in the paper profile); grayscale images are
+replicated to the three channels the backbones expect (counted and logged). The lesion mask,
+when present, is resized alongside for scoring Grad-CAM. Augmentation (rotation, zoom,
+horizontal flip) happens at training time on the training split only
+(:class:`medops.data.dataset.ClassificationDataset`). Shards are named by the hash of the
+case's files, the label, the parameters and ``PREPROCESS_VERSION``: unchanged cases are never
+recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from skimage import exposure
+from tqdm import tqdm
+
+from medops.config import ClsPreprocessConfig
+from medops.data.io import file_sha256, resolve_inside
+from medops.data.readers import case_stack, dataset_info, load_manifest
+from medops.preprocess.pipeline import normalise
+
+PREPROCESS_VERSION = "cls-1"
+log = logging.getLogger("medops.preprocess")
+
+
+def preprocess_image(stack: np.ndarray, mask: np.ndarray | None, cfg: ClsPreprocessConfig):
+    """(C, H, W) stored values -> ((3, S, S) float32 in [0, 1], (S, S) uint8 mask or None, converted_gray)."""
+    s = cfg.image_size
+    chans = []
+    for ch in stack:
+        x = normalise(ch)
+        if cfg.equalize:
+            x = exposure.equalize_hist(x, nbins=256).astype(np.float32)
+        chans.append(cv2.resize(x, (s, s), interpolation=cv2.INTER_AREA))
+    converted = len(chans) == 1
+    if converted:
+        chans = chans * 3
+    m = None
+    if mask is not None:
+        m = (cv2.resize(mask.astype(np.float32), (s, s), interpolation=cv2.INTER_AREA) >= 0.5).astype(np.uint8)
+    return np.stack(chans).astype(np.float32), m, converted
+
+
+def _key(files: list[Path], label: str, cfg: ClsPreprocessConfig) -> str:
+    h = hashlib.sha256()
+    h.update(PREPROCESS_VERSION.encode())
+    h.update(json.dumps(asdict(cfg), sort_keys=True).encode())
+    h.update(label.encode())
+    for f in files:
+        h.update(file_sha256(f).encode())
+    return h.hexdigest()[:32]
+
+
+def _work(args):
+    root, rows, shard, label_idx, cfg = args
+    stack, mask = case_stack(root, rows)
+    img, m, converted = preprocess_image(stack, mask, cfg)
+    tmp = shard.with_suffix(".tmp.npz")
+    np.savez(tmp, image=img.astype(np.float16), mask=m if m is not None else np.zeros(0, np.uint8),
+             label=np.int64(label_idx), converted_gray=np.bool_(converted))
+    os.replace(tmp, shard)
+    return converted
+
+
+def preprocess_classification(root: str | Path, out: str | Path, cfg: ClsPreprocessConfig, *,
+                              split_fractions: dict | None = None, split_seed: int = 0,
+                              progress: bool = True) -> pd.DataFrame:
+    root, out = Path(root), Path(out)
+    info = dataset_info(root)
+    man = load_manifest(root, split_fractions, split_seed)
+    classes = [str(c) for c in (info.get("classes") or sorted(man.label.astype(str).unique()))]
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    rows, todo = [], []
+    for case_id, g in man.groupby("case_id", sort=True):
+        files = [resolve_inside(root, p) for p in sorted(g.path)]
+        label = str(g.label.iloc[0])
+        key = _key(files, label, cfg)
+        shard = out / "shards" / f"{key}.npz"
+        rows.append({"case_id": case_id, "patient_id": g.patient_id.iloc[0], "split": g.split.iloc[0],
+                     "label": label, "label_idx": classes.index(label), "shard": f"shards/{key}.npz",
+                     "has_mask": bool((g.modality == "mask").any())})
+        if not shard.exists():
+            todo.append((root, g, shard, classes.index(label), cfg))
+    if todo:
+        if cfg.workers > 1 and len(todo) > 1:
+            with ProcessPoolExecutor(cfg.workers) as ex:
+                list(tqdm(ex.map(_work, todo, chunksize=4), total=len(todo), desc="preprocess", disable=not progress))
+        else:
+            for job in tqdm(todo, desc="preprocess", disable=not progress):
+                _work(job)
+    index = pd.DataFrame(rows)
+    index["converted_gray"] = [bool(np.load(out / s)["converted_gray"]) for s in index.shard]
+    index.to_parquet(out / "index.parquet", index=False)
+    n_gray = int(index.converted_gray.sum())
+    if n_gray:
+        log.warning("%d grayscale case(s) replicated to 3 channels for the RGB backbones", n_gray)
+    stats = {"n_cases": int(len(index)), "computed": len(todo), "cached": int(len(index) - len(todo)),
+             "image_size": cfg.image_size, "task": "classification", "classes": classes,
+             "class_counts": {c: int((index.label == c).sum()) for c in classes},
+             "split_counts": {s: {c: int(((index.split == s) & (index.label == c)).sum()) for c in classes}
+                              for s in ("train", "val", "test")},
+             "converted_gray_to_rgb": n_gray}
+    (out / "preprocess.json").write_text(json.dumps(stats, indent=2))
+    return index
