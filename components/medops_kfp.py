@@ -17,7 +17,6 @@ import yaml
 from kfp import compiler, dsl, kubernetes
 
 ROOT = Path(__file__).resolve().parents[1]
-FAMILY_DATASET = {"fusion_seg": "breast-trimodal"}
 
 
 def load_params(project: Path = ROOT) -> dict:
@@ -64,7 +63,8 @@ def _on_cluster(task, kcfg: dict, gpus: int = 0):
 def build_pipeline(family: str, params: Optional[dict] = None):
     """validate -> preprocess -> train + one task per ablation cell -> evaluate -> report -> promote."""
     params = params or load_params()
-    dataset = FAMILY_DATASET[family]
+    datasets = list(params["orchestration"]["datasets"][family])
+    backbones = list((params.get(family, {}) or {}).get("pretrain", {}).get("backbones", []) or [])
     kcfg = params["orchestration"]["kubernetes"]
     gpus = int(kcfg.get("gpus_per_training_task", 1))
     abl = params.get("ablation", {}).get(family, {})
@@ -79,12 +79,18 @@ def build_pipeline(family: str, params: Optional[dict] = None):
             t.set_display_name(name).set_caching_options(False)
             return _on_cluster(t, kcfg, gpus=gpu)
 
-        validate = step("validate", ["validate", "--dataset", dataset])
-        preprocess = step("preprocess", ["preprocess", "--dataset", dataset]).after(validate)
-        train = step("train", ["train", family], gpu=gpus).after(preprocess)
+        prepared = []
+        for d in datasets:
+            suffix = "" if len(datasets) == 1 else f"-{d}"
+            validate = step(f"validate{suffix}", ["validate", "--dataset", d])
+            prepared.append(step(f"preprocess{suffix}", ["preprocess", "--dataset", d]).after(validate))
+        pretrain = [step(f"pretrain-{b}", ["train", family, "--pretrain", b], gpu=gpus).after(*prepared)
+                    for b in backbones]
+        ready = pretrain or prepared
+        train = step("train", ["train", family], gpu=gpus).after(*ready)
         evaluate = step("evaluate", ["evaluate", family]).after(train)
         cell_tasks = [step(f"ablate-{c}-{s}", ["train", family, "--cell", c, "--seed", str(s)], gpu=gpus)
-                      .after(preprocess) for c, s in cells]
+                      .after(*ready) for c, s in cells]
         report = step("report", ["report", family]).after(evaluate, *cell_tasks)
         step("promote", ["promote", family]).after(report)
 

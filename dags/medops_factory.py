@@ -17,11 +17,22 @@ import yaml
 from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable
 
 PROJECT = Path(os.environ.get("MEDOPS_PROJECT_DIR", Path(__file__).resolve().parents[1]))
-FAMILY_DATASET = {"fusion_seg": "breast-trimodal"}
-
-
 def load_params(project: Path = PROJECT) -> dict:
     return yaml.safe_load((project / "params.yaml").read_text())
+
+
+def datasets_of(params: dict, family: str) -> list[str]:
+    """The datasets a family's DAG validates and preprocesses (params.yaml orchestration.datasets)."""
+    found = params.get("orchestration", {}).get("datasets", {}).get(family)
+    if not found:
+        raise ValueError(f"params.yaml:orchestration.datasets.{family}: no datasets listed for family '{family}' "
+                         f"(add e.g. `{family}: [my-dataset]`)")
+    return list(found)
+
+
+def pretrain_backbones(params: dict, family: str) -> list[str]:
+    """Source-domain pretraining steps of a transfer family (params.yaml <family>.pretrain.backbones)."""
+    return list((params.get(family, {}) or {}).get("pretrain", {}).get("backbones", []) or [])
 
 
 def dataset_asset(dataset: str) -> Asset:
@@ -100,15 +111,16 @@ def build_dataset_dag(dataset: str, params: dict | None = None) -> DAG:
 
 
 def build_family_dag(family: str, params: dict | None = None) -> DAG:
-    """validate -> preprocess -> train (main) + ablate (one mapped task per cell) -> evaluate -> report -> promote."""
+    """validate -> preprocess (per dataset) -> [pretrain per backbone] -> train (main) + ablate (one mapped task
+    per cell) -> evaluate -> report -> promote."""
     params = params or load_params()
     orch = params.get("orchestration", {})
-    dataset = FAMILY_DATASET[family]
+    datasets = datasets_of(params, family)
     executor = orch.get("executor", "local")
     kcfg = orch.get("kubernetes", {})
     gpus = int(kcfg.get("gpus_per_training_task", 1))
     schedule = AssetOrTimeSchedule(timetable=CronTriggerTimetable(orch.get("schedule", "0 3 * * 1"), timezone="UTC"),
-                                   assets=[dataset_asset(dataset)])
+                                   assets=[dataset_asset(d) for d in datasets])
     retries = int(orch.get("retries", 2))
     with DAG(dag_id=family, schedule=schedule, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False,
              max_active_runs=1, tags=["medops", family],
@@ -122,8 +134,15 @@ def build_family_dag(family: str, params: dict | None = None) -> DAG:
                 return _local_task(task_id, args, **kw)
         else:
             raise ValueError(f"params.yaml:orchestration.executor: unknown executor '{executor}' (use local | kubernetes)")
-        validate = make("validate", ["validate", "--dataset", dataset])
-        preprocess = make("preprocess", ["preprocess", "--dataset", dataset])
+        preprocess = []
+        for d in datasets:
+            suffix = "" if len(datasets) == 1 else "_" + d.replace("-", "_")
+            validate = make(f"validate{suffix}", ["validate", "--dataset", d])
+            prep = make(f"preprocess{suffix}", ["preprocess", "--dataset", d])
+            validate >> prep
+            preprocess.append(prep)
+        pretrain = [make(f"pretrain_{b}", ["train", family, "--pretrain", b, RESUME], gpu=gpus)
+                    for b in pretrain_backbones(params, family)]
         train = make("train", ["train", family, RESUME], gpu=gpus)
         evaluate = make("evaluate", ["evaluate", family])
         cell_args = [["train", family, "--cell", c, "--seed", str(s), RESUME] for c, s in cells_of(params, family)]
@@ -141,7 +160,14 @@ def build_family_dag(family: str, params: dict | None = None) -> DAG:
                 bash_command=[base + " ".join(a) for a in cell_args])
         report = make("report", ["report", family])
         promote = make("promote", ["promote", family])
-        validate >> preprocess >> [train, ablate]
+        if pretrain:
+            for prep in preprocess:
+                prep >> pretrain
+            for t in pretrain:
+                t >> [train, ablate]
+        else:
+            for prep in preprocess:
+                prep >> [train, ablate]
         train >> evaluate
         [evaluate, ablate] >> report >> promote
     return dag

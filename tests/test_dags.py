@@ -34,7 +34,31 @@ def test_parsing_all_dags_is_fast_and_imports_neither_torch_nor_medops(tmp_path)
     res = json.loads(out.strip().splitlines()[-1])
     assert res["s"] < 2.0, res
     assert not res["torch"] and not res["medops"]
-    assert res["dags"] == ["dag_fusion_seg", "dataset_fusion_seg"]
+    assert res["dags"] == ["dag_fusion_seg", "dag_transfer_cls", "dataset_breast_trimodal", "dataset_gaucher_ct",
+                           "dataset_nf_mri", "dataset_ocular_fundus", "dataset_rare_source"]
+
+
+def test_transfer_family_comes_from_the_same_factory_with_pretraining_and_its_datasets(factory):
+    """Adding a family added params, not orchestration code: its DAG has a validate/preprocess pair per
+    dataset, a pretraining task per backbone before training and the ablation, one mapped cell task each."""
+    params = factory.load_params(ROOT)
+    dag = factory.build_family_dag("transfer_cls", params)
+    t = dag.task_dict
+    datasets = params["orchestration"]["datasets"]["transfer_cls"]
+    for d in datasets:
+        key = d.replace("-", "_")
+        assert t[f"validate_{key}"].downstream_task_ids == {f"preprocess_{key}"}
+        assert f"preprocess --dataset {d}" in t[f"preprocess_{key}"].bash_command
+    backbones = params["transfer_cls"]["pretrain"]["backbones"]
+    for b in backbones:
+        assert f"train transfer_cls --pretrain {b}" in t[f"pretrain_{b}"].bash_command
+        assert t[f"pretrain_{b}"].downstream_task_ids == {"train", "ablate"}
+        assert t[f"pretrain_{b}"].upstream_task_ids == {f"preprocess_{d.replace('-', '_')}" for d in datasets}
+    n_cells = len(params["ablation"]["transfer_cls"]["cells"]) * len(params["ablation"]["transfer_cls"]["seeds"])
+    cmds = t["ablate"].expand_input.value["bash_command"]
+    assert len(cmds) == n_cells and all("train transfer_cls --cell" in c for c in cmds)
+    assert t["promote"].upstream_task_ids == {"report"}
+    assert all(f"medops-dataset-{d}" in repr(dag.timetable.asset_condition) for d in datasets)
 
 
 def test_family_dag_shape_schedule_and_retries(factory):

@@ -39,3 +39,14 @@ def test_pipeline_steps_gpu_tolerations_and_secrets():
     assert k8s["pvcMount"][0]["mountPath"] == "/workspace"
     text = (ROOT / "components/fusion_seg_pipeline.yaml").read_text()
     assert "medops-test-secret" not in text and "AWS_SECRET_ACCESS_KEY:" not in text.replace("secretKey", "")
+
+
+def test_transfer_pipeline_pretrains_before_training():
+    docs = list(yaml.safe_load_all((ROOT / "components/transfer_cls_pipeline.yaml").read_text()))
+    tasks = docs[0]["root"]["dag"]["tasks"]
+    by_name = {t["taskInfo"]["name"]: k for k, t in tasks.items()}
+    params = medops_kfp.load_params()
+    pre = {by_name[f"pretrain-{b}"] for b in params["transfer_cls"]["pretrain"]["backbones"]}
+    assert set(tasks[by_name["train"]]["dependentTasks"]) == pre
+    assert set(tasks[by_name["ablate-densenet201-1"]]["dependentTasks"]) == pre
+    assert {f"preprocess-{d}" for d in params["orchestration"]["datasets"]["transfer_cls"]} <= set(by_name)
