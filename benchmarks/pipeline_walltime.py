@@ -25,7 +25,7 @@ def main(profile: str = "smoke") -> dict:
     subprocess.run(["dvc", "repro", "evaluate"], cwd=dst, check=True, env=env, capture_output=True)
     wall = time.perf_counter() - t0
     t0 = time.perf_counter()
-    subprocess.run(["dvc", "repro"], cwd=dst, check=True, env=env, capture_output=True)
+    subprocess.run(["dvc", "repro", "promote"], cwd=dst, check=True, env=env, capture_output=True)
     wall_ablation = time.perf_counter() - t0
     m = json.loads((dst / "reports/fusion_seg/metrics.json").read_text())
     rep = json.loads((dst / "reports/ablation/fusion_seg/summary.json").read_text())

@@ -68,7 +68,7 @@ def served_project(services, tmp_path_factory):
         pass
     _sh(f"git init -q && medops profile smoke && dvc remote add -d s3store s3://dvc/{prefix} && "
         f"dvc remote modify s3store endpointurl {s3} && git add -A && git commit -qm init", dst, services)
-    _sh("dvc repro", dst, services)
+    _sh("dvc repro promote evaluate", dst, services)
     _sh("git add -A && git commit -qm repro && dvc push", dst, services)
     return dst, prefix
 

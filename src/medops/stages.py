@@ -376,7 +376,8 @@ def _model_card(family: str, version: str, cand, tags: dict, gates, fcfg, cell_t
               "- Simulated data calibrated on image appearance, not on clinical data; no external validation.",
               "- 2-D images at the profile's image size; one lesion per case.",
               "- Confidence intervals are over few seeds (t-interval); per-case tests assume independent cases."]
-    figs = sorted((ablation_report_dir(family) / "figures").glob("*.png"))
+    cell_figs = cell_dir(family, cand.cell, int(cand.seed)) / "figures"
+    figs = sorted((ablation_report_dir(family) / "figures").glob("*.png")) + sorted(cell_figs.glob("*.png"))
     if figs:
         lines += ["", "## Figures", ""] + [f"![{f.stem}](model_card_figures/{f.name})" for f in figs]
     return "\n".join(lines) + "\n"
@@ -442,6 +443,8 @@ def promote(cfg: Config, family: str) -> dict:
     registry.log_text(cand.run_id, card, f"model_card_v{version}.md")
     if (ablation_report_dir(family) / "figures").exists():
         tracking.log_artifacts_to(cand.run_id, ablation_report_dir(family) / "figures", "model_card_figures")
+    if (cdir / "figures").exists():  # e.g. the candidate's Grad-CAM panels
+        tracking.log_artifacts_to(cand.run_id, cdir / "figures", "model_card_figures")
     registry.describe_version(family, version, card, full_card=f"model_card_v{version}.md")
     registry.tag_version(family, version, {
         "promotion.decision": "promoted" if promoted else "refused",
