@@ -7,13 +7,16 @@ Appearance follows published imaging facts, not any target metric:
 * ``gaucher-ct`` — axial abdominal CT in Hounsfield units (DESIGN.md: air -1000, fat ~-100,
   soft tissue 20-60, liver 55-65, spleen 40-50, bone > 300), written as DICOM with a rescale
   intercept like a scanner does. Gaucher disease type 1: splenomegaly (spleen volume often
-  5-15x normal), hepatomegaly (1.2-2.5x) and marrow infiltration (lower, patchy attenuation of the
-  vertebral body). Normal spleen size varies, so mild cases overlap controls.
+  5-15x normal, i.e. a slice area about 3-6x), hepatomegaly (1.2-2.5x) and marrow infiltration
+  (lower, patchy attenuation of the vertebral body); a quarter of the patients are
+  splenectomised (no spleen: liver and bone signs only). What makes it hard on real data is
+  modelled too: the slice level changes the visible organ areas of everyone, and some controls
+  have a mildly enlarged spleen from other causes (e.g. portal hypertension).
 * ``ocular-fundus`` — colour fundus photographs (8-bit RGB): orange-red fundus with vignetting
   inside a circular field of view, optic disc, vessel arcades, macula. Choroidal melanoma:
-  a pigmented lesion usually > 2 disc diameters with orange pigment (lipofuscin) and a
-  subretinal-fluid halo; benign choroidal nevi (in part of the controls) are flat, grey and
-  < 1.5 disc diameters.
+  a pigmented lesion of 1.5-4 disc diameters, often with orange pigment (lipofuscin) and a
+  subretinal-fluid halo; benign choroidal nevi (in part of the controls) are flat and grey,
+  mostly < 1.5 disc diameters but some large (the "indeterminate" lesions that overlap).
 * ``nf-mri`` — axial brain MRI with T1, T2 and FLAIR channels (16-bit): tissue contrasts of
   WM / GM / CSF / fat per sequence, a smooth bias field and Rician noise. Neurofibromatosis
   nerve-sheath tumours (schwannoma / neurofibroma): T1 iso-hypointense, T2 and FLAIR
@@ -76,8 +79,10 @@ def _wobble(rng, amp=0.12):
 
 
 # ---------------------------------------------------------------- CT (Hounsfield units)
-def ct_slice(n: int, rng, *, spleen_scale=1.0, liver_scale=1.0, marrow=False, liver_lesions=0):
-    """Axial abdominal CT slice in HU and the abnormal-region mask."""
+def ct_slice(n: int, rng, *, spleen_scale=1.0, liver_scale=1.0, marrow=False, liver_lesions=0, abnormal=None):
+    """Axial abdominal CT slice in HU and the abnormal-region mask (``spleen_scale`` 0: no spleen).
+
+    ``abnormal``: whether enlarged organs belong to the mask (default: when enlarged)."""
     hu = np.full((n, n), -1000.0, np.float32)
     cy, cx = n * rng.uniform(0.48, 0.52), n * rng.uniform(0.48, 0.52)
     ry, rx = n * rng.uniform(0.30, 0.34), n * rng.uniform(0.40, 0.44)
@@ -109,7 +114,7 @@ def ct_slice(n: int, rng, *, spleen_scale=1.0, liver_scale=1.0, marrow=False, li
     # spleen: image right, posterior; area grows with spleen_scale
     ss = np.sqrt(spleen_scale)
     spleen = _ellipse(n, cy + ry * 0.05, cx + rx * 0.55, ry * 0.3 * ss, rx * 0.14 * ss, rng.uniform(0.2, 0.6),
-                      _wobble(rng, 0.08)) & cavity
+                      _wobble(rng, 0.08)) & cavity if spleen_scale > 0 else np.zeros((n, n), bool)
     hu[spleen] = rng.uniform(40, 50)
     # kidneys, aorta, vertebra (posterior midline)
     for side in (-1, 1):
@@ -124,9 +129,11 @@ def ct_slice(n: int, rng, *, spleen_scale=1.0, liver_scale=1.0, marrow=False, li
         patch = cancellous & (_smooth_noise(n, rng, 2.5) > rng.uniform(-0.1, 0.2))
         hu[patch] = rng.uniform(60, 120)
         mask |= patch
-    if spleen_scale > 1.6:
+    big_spleen = spleen_scale > 1.6 if abnormal is None else (abnormal and spleen_scale > 1.3)
+    big_liver = liver_scale > 1.25 if abnormal is None else (abnormal and liver_scale > 1.15)
+    if big_spleen:
         mask |= spleen
-    if liver_scale > 1.25:
+    if big_liver:
         mask |= liver
     hu = cv2.GaussianBlur(hu, (0, 0), 0.7)                                      # scanner PSF
     hu += rng.normal(0, 12, hu.shape).astype(np.float32)                         # quantum noise, ~12 HU
@@ -195,7 +202,10 @@ def fundus_image(n: int, rng, *, lesion: str = "none"):
                 return ly, lx
         return c, c - side * 0.15 * n
     if lesion in ("nevus", "melanoma"):
-        diam = dd * (rng.uniform(0.5, 1.5) if lesion == "nevus" else rng.uniform(2.0, 4.0))
+        if lesion == "nevus":  # mostly small; about 1 in 8 large enough to be indeterminate
+            diam = dd * (rng.uniform(1.5, 2.5) if rng.random() < 0.12 else rng.uniform(0.5, 1.5))
+        else:
+            diam = dd * rng.uniform(1.5, 4.0)
         ly, lx = place(diam)
         les = _ellipse(n, ly, lx, diam / 2 * rng.uniform(0.75, 1), diam / 2, rng.uniform(0, np.pi),
                        _wobble(rng, 0.05 if lesion == "nevus" else 0.15))
@@ -203,9 +213,10 @@ def fundus_image(n: int, rng, *, lesion: str = "none"):
         colour = np.array([105, 95, 80] if lesion == "nevus" else [90, 75, 60], np.float32) * rng.uniform(0.85, 1.15)
         alpha = 0.55 if lesion == "nevus" else 0.85
         img = img * (1 - alpha * soft[..., None]) + alpha * soft[..., None] * colour
-        if lesion == "melanoma":
+        if lesion == "melanoma" and rng.random() < 0.6:
             orange = les & (_smooth_noise(n, rng, 1.2) > 0.25)                      # lipofuscin
             img[orange] = img[orange] * 0.4 + np.array([230, 140, 40], np.float32) * 0.6
+        if lesion == "melanoma" and rng.random() < 0.5:
             halo = _ellipse(n, ly, lx, diam * 0.75, diam * 0.8) & ~les                 # subretinal fluid
             img[halo] *= np.array([1.05, 1.1, 1.15], np.float32)
         mask = les
@@ -256,7 +267,7 @@ def brain_mri(n: int, rng, *, lesion: str = "none"):
         else:
             a = rng.uniform(0, 2 * np.pi)
             ty, tx = cy + np.sin(a) * ry * 0.72, cx + np.cos(a) * rx * 0.72
-        tr = n * rng.uniform(0.03, 0.07)
+        tr = n * rng.uniform(0.015, 0.06)                                        # 4-15 mm at 256 px
         mask = _ellipse(n, ty, tx, tr * rng.uniform(0.7, 1), tr, rng.uniform(0, np.pi), _wobble(rng, 0.08)) & brain
         lab[mask] = names.index("tumour")
     elif lesion == "infarct":  # common finding (source set): cortical wedge
@@ -293,10 +304,17 @@ def _case(args):
     if kind in ("gaucher", "ct"):
         if dataset == "gaucher-ct":
             sick = label == "gaucher"
-            spleen = float(rng.lognormal(np.log(3.0), 0.35)) if sick else float(rng.lognormal(0, 0.22))
-            liver = float(rng.lognormal(np.log(1.45), 0.15)) if sick else float(rng.lognormal(0, 0.08))
-            hu, mask = ct_slice(size, rng, spleen_scale=spleen, liver_scale=liver, marrow=sick and rng.random() < 0.6)
-            extra = {"spleen_scale": spleen, "liver_scale": liver}
+            level = float(rng.lognormal(0, 0.3))          # slice level: visible organ area varies for everyone
+            if sick:
+                spleen = 0.0 if rng.random() < 0.25 else float(rng.lognormal(np.log(3.0), 0.45))  # splenectomy
+                liver = float(rng.lognormal(np.log(1.4), 0.15))
+            else:
+                other = rng.random() < 0.1                  # mild splenomegaly from other causes
+                spleen = float(rng.lognormal(np.log(1.8), 0.2)) if other else float(rng.lognormal(0, 0.25))
+                liver = float(rng.lognormal(0, 0.1))
+            hu, mask = ct_slice(size, rng, spleen_scale=spleen * level, liver_scale=liver * level ** 0.5,
+                                marrow=sick and rng.random() < 0.6, abnormal=sick)
+            extra = {"spleen_scale": spleen, "liver_scale": liver, "slice_level": level}
         else:
             hu, mask = ct_slice(size, rng, liver_lesions=int(rng.integers(1, 4)) if label.endswith("lesion") else 0)
         write_ct_dicom(out / "images" / f"{cid}.dcm", hu, cid, 384.0 / size)
