@@ -157,3 +157,22 @@ def test_rerunning_a_finished_cell_does_nothing(project):
     assert "already trained with these inputs" in r.stdout
     st = _sh(f"dvc status {TARGETS}", dst)
     assert "up to date" in st.stdout
+
+
+def test_airflow_runs_the_transfer_dag_from_the_same_factory(project, tmp_path):
+    """`airflow dags test transfer_cls`: per-dataset validate/preprocess, per-backbone pretraining, training,
+    the mapped cells, evaluation, report and promotion all succeed; nothing already trained is retrained."""
+    from test_pipeline_dvc import _airflow, _task_states
+    from mlflow.tracking import MlflowClient
+
+    dst, _ = project
+    client = MlflowClient(f"sqlite:///{dst / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("transfer_cls").experiment_id
+    n_runs = len(client.search_runs([exp], max_results=500))
+    _airflow(dst, tmp_path, "airflow db migrate")
+    _airflow(dst, tmp_path, "airflow dags test transfer_cls")
+    states = _task_states(tmp_path, "transfer_cls")
+    assert all(s == "success" for s in states.values()), states
+    assert {("pretrain_densenet201", -1), ("validate_gaucher_ct", -1), ("preprocess_rare_source", -1)} <= set(states)
+    assert sum(1 for k in states if k[0] == "ablate") == 6
+    assert len(client.search_runs([exp], max_results=500)) == n_runs
