@@ -5,9 +5,6 @@ the same CLI verbs, trainer, tracking and registry as fusion_seg."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -17,20 +14,10 @@ import pytest
 import yaml
 
 from conftest import copy_project
+from test_pipeline_dvc import _sh
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-BIN = Path(sys.executable).parent
 TARGETS = "transfer_cls_promote transfer_cls_evaluate"
-
-
-def _sh(cmd, cwd, check=True):
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@x"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    r = subprocess.run(cmd, cwd=cwd, shell=True, capture_output=True, text=True, env=env)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-    return r
 
 
 @pytest.fixture(scope="module")

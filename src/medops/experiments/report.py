@@ -61,7 +61,10 @@ def _fmt(mean, half, scale=100.0, digits=1):
             else f"{mean * scale:.{digits}f}")
 
 
-def factor_tables(abl: AblationConfig, cells: pd.DataFrame) -> dict[str, pd.DataFrame]:
+def factor_tables(abl: AblationConfig, cells: pd.DataFrame, metrics: tuple = METRICS, paper: dict = PAPER_000,
+                  paper_metrics: tuple = METRICS) -> dict[str, pd.DataFrame]:
+    """One table per factor: each level's cell, seeds finished, mean ± 95 % CI of every test metric over
+    seeds, and the paper's numbers (``paper[factor][level]``, in %, in the order of ``paper_metrics``)."""
     tables = {}
     for factor, levels in abl.factors.items():
         rows = []
@@ -70,11 +73,10 @@ def factor_tables(abl: AblationConfig, cells: pd.DataFrame) -> dict[str, pd.Data
             g = cells[(cells.cell == cell) & (cells.status == "finished")] if cell else cells.iloc[0:0]
             n_all = int((cells.cell == cell).sum()) if cell else 0
             row = {"level": level, "cell": cell or "(not run)", "seeds_ok": f"{len(g)}/{n_all}"}
-            for m in METRICS:
-                mu, half = mean_ci(g[f"test_{m}"])
-                row[f"{m}_mean"], row[f"{m}_ci95"] = mu, half
-            paper = PAPER_000.get(factor, {}).get(level)
-            for m, v in zip(METRICS, paper or (np.nan,) * 4):
+            for m in metrics:
+                row[f"{m}_mean"], row[f"{m}_ci95"] = mean_ci(g[f"test_{m}"])
+            ref = paper.get(factor, {}).get(level)
+            for m, v in zip(paper_metrics, ref or (np.nan,) * len(paper_metrics)):
                 row[f"paper_{m}"] = v / 100 if v == v else np.nan
             rows.append(row)
         tables[factor] = pd.DataFrame(rows)

@@ -13,7 +13,7 @@ import pandas as pd
 from medops.config import AblationConfig
 from medops.experiments.references import CLAIMS_002, PAPER_002, TABLE_TITLES_002
 from medops.experiments.report import _cell_for, _fmt, collect
-from medops.experiments.stats import mean_ci
+from medops.experiments.report import factor_tables as shared_factor_tables
 from medops.metrics.classification import paired_auc_test
 
 METRICS = ("accuracy", "precision", "recall", "f1", "auc", "energy_in_mask", "pointing_hit", "mask_fraction")
@@ -32,22 +32,7 @@ def per_case(cells_root: Path, cells: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def factor_tables(abl: AblationConfig, cells: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    tables = {}
-    for factor, levels in abl.factors.items():
-        rows = []
-        for level in levels:
-            cell = _cell_for(abl, factor, level)
-            g = cells[(cells.cell == cell) & (cells.status == "finished")] if cell else cells.iloc[0:0]
-            n_all = int((cells.cell == cell).sum()) if cell else 0
-            row = {"level": level, "cell": cell or "(not run)", "seeds_ok": f"{len(g)}/{n_all}"}
-            for m in METRICS:
-                row[f"{m}_mean"], row[f"{m}_ci95"] = mean_ci(g[f"test_{m}"])
-            paper = PAPER_002.get(factor, {}).get(level)
-            for m, v in zip(PAPER_METRICS, paper or (np.nan,) * 5):
-                row[f"paper_{m}"] = v / 100 if v == v else np.nan
-            rows.append(row)
-        tables[factor] = pd.DataFrame(rows)
-    return tables
+    return shared_factor_tables(abl, cells, METRICS, PAPER_002, PAPER_METRICS)
 
 
 def claims(abl: AblationConfig, cases: dict, alpha: float) -> pd.DataFrame:

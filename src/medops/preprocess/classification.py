@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,12 +23,11 @@ import cv2
 import numpy as np
 import pandas as pd
 from skimage import exposure
-from tqdm import tqdm
 
 from medops.config import ClsPreprocessConfig
 from medops.data.io import file_sha256, resolve_inside
 from medops.data.readers import case_stack, dataset_info, load_manifest
-from medops.preprocess.pipeline import normalise
+from medops.preprocess.pipeline import normalise, run_jobs
 
 PREPROCESS_VERSION = "cls-1"
 log = logging.getLogger("medops.preprocess")
@@ -93,13 +91,7 @@ def preprocess_classification(root: str | Path, out: str | Path, cfg: ClsPreproc
                      "has_mask": bool((g.modality == "mask").any())})
         if not shard.exists():
             todo.append((root, g, shard, classes.index(label), cfg))
-    if todo:
-        if cfg.workers > 1 and len(todo) > 1:
-            with ProcessPoolExecutor(cfg.workers) as ex:
-                list(tqdm(ex.map(_work, todo, chunksize=4), total=len(todo), desc="preprocess", disable=not progress))
-        else:
-            for job in tqdm(todo, desc="preprocess", disable=not progress):
-                _work(job)
+    run_jobs(_work, todo, cfg.workers, progress, chunksize=4)
     index = pd.DataFrame(rows)
     index["converted_gray"] = [bool(np.load(out / s)["converted_gray"]) for s in index.shard]
     index.to_parquet(out / "index.parquet", index=False)

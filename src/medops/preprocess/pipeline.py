@@ -87,6 +87,14 @@ def _work(args):
     return case_id
 
 
+def run_jobs(fn, jobs: list, workers: int, progress: bool, chunksize: int = 2, desc: str = "preprocess") -> list:
+    """Run ``fn`` over ``jobs`` in ``workers`` processes (in this process when 1), with a progress bar."""
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(workers) as ex:
+            return list(tqdm(ex.map(fn, jobs, chunksize=chunksize), total=len(jobs), desc=desc, disable=not progress))
+    return [fn(j) for j in tqdm(jobs, desc=desc, disable=not progress)]
+
+
 def preprocess_dataset(root: str | Path, out: str | Path, cfg: PreprocessConfig, progress: bool = True) -> pd.DataFrame:
     """Preprocess every case of the manifest into ``out/shards``; write ``out/index.parquet``."""
     root, out = Path(root), Path(out)
@@ -105,13 +113,7 @@ def preprocess_dataset(root: str | Path, out: str | Path, cfg: PreprocessConfig,
                      "shard": f"shards/{key}.npz"})
         if not shard.exists():
             todo.append((case_id, paths, shard, cfg))
-    if todo:
-        if cfg.workers > 1 and len(todo) > 1:
-            with ProcessPoolExecutor(cfg.workers) as ex:
-                list(tqdm(ex.map(_work, todo, chunksize=2), total=len(todo), desc="preprocess", disable=not progress))
-        else:
-            for job in tqdm(todo, desc="preprocess", disable=not progress):
-                _work(job)
+    run_jobs(_work, todo, cfg.workers, progress, chunksize=2)
     index = pd.DataFrame(rows)
     index = _add_registration_error(index, root, out, manifest)
     index.to_parquet(out / "index.parquet", index=False)
