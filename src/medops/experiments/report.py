@@ -138,22 +138,28 @@ def missing_modality_table(cells_root: Path, abl: AblationConfig, cells: pd.Data
     return pd.DataFrame(rows).sort_values("condition", key=lambda s: s != "full")
 
 
-def _bar_chart(table: pd.DataFrame, title: str, out: Path) -> None:
+def bar_chart(table: pd.DataFrame, title: str, out: Path, metrics: tuple = ("dsc",), ylabel: str = "test DSC") -> None:
+    """Grouped bars per level (mean ± 95 % CI over seeds) for ``metrics``; the paper's values as diamonds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(max(4, 1.1 * len(table)), 3.6))
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(table)), 3.6))
     x = np.arange(len(table))
-    ax.bar(x, table.dsc_mean, yerr=table.dsc_ci95.fillna(0), capsize=4, color="tab:blue", label="ours (mean ± 95 % CI)")
-    if table.paper_dsc.notna().any():
-        ax.scatter(x, table.paper_dsc, marker="D", color="tab:red", zorder=3, label="paper")
-    ax.set_xticks(x, table.level, rotation=20)
-    ax.set_ylabel("test DSC")
-    ax.set_ylim(0, 1)
+    w = 0.8 / len(metrics)
+    for i, (m, colour) in enumerate(zip(metrics, ("tab:blue", "tab:orange", "tab:green"))):
+        off = x + (i - (len(metrics) - 1) / 2) * w
+        name = m.upper() if len(m) <= 3 else m
+        ax.bar(off, table[f"{m}_mean"], w, yerr=table[f"{m}_ci95"].fillna(0), capsize=4, color=colour,
+               label=f"ours {name} (mean ± 95 % CI)")
+        if f"paper_{m}" in table and table[f"paper_{m}"].notna().any():
+            ax.scatter(off, table[f"paper_{m}"], marker="D", color="tab:red", zorder=3, label=f"paper {name}")
+    ax.set_xticks(x, table.level, rotation=15)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.05)
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=6, loc="lower right")
     fig.tight_layout()
     fig.savefig(out, dpi=90)
     plt.close(fig)
@@ -188,7 +194,7 @@ def build_report(cells_root: Path, abl: AblationConfig, out: Path, *, alpha: flo
     for factor, t in tables.items():
         t.to_csv(out / f"table_{factor}.csv", index=False)
         title = TABLE_TITLES.get(factor, factor)
-        _bar_chart(t, title, out / "figures" / f"{factor}.png")
+        bar_chart(t, title, out / "figures" / f"{factor}.png")
         md += [f"## {title}", "", _md_table(t), "", f"![{factor}](figures/{factor}.png)", ""]
     md += ["## Claims (one-sided Wilcoxon signed-rank on per-case DSC, seeds averaged; α = "
            f"{alpha})", "", "| claim | better | worse | n | mean ΔDSC [95 % CI] | p | verdict |", "|---|---|---|---|---|---|---|"]

@@ -12,7 +12,7 @@ import pandas as pd
 
 from medops.config import AblationConfig
 from medops.experiments.references import CLAIMS_002, PAPER_002, TABLE_TITLES_002
-from medops.experiments.report import _cell_for, _fmt, collect
+from medops.experiments.report import _cell_for, _fmt, bar_chart, collect
 from medops.experiments.report import factor_tables as shared_factor_tables
 from medops.metrics.classification import paired_auc_test
 
@@ -54,31 +54,6 @@ def claims(abl: AblationConfig, cases: dict, alpha: float) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _bar_chart(table: pd.DataFrame, title: str, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(table)), 3.6))
-    x = np.arange(len(table))
-    w = 0.38
-    ax.bar(x - w / 2, table.auc_mean, w, yerr=table.auc_ci95.fillna(0), capsize=4, color="tab:blue",
-           label="AUC-ROC (mean ± 95 % CI)")
-    ax.bar(x + w / 2, table.f1_mean, w, yerr=table.f1_ci95.fillna(0), capsize=4, color="tab:orange",
-           label="F1 (mean ± 95 % CI)")
-    if table.paper_auc.notna().any():
-        ax.scatter(x - w / 2, table.paper_auc, marker="D", color="tab:red", zorder=3, label="paper AUC")
-        ax.scatter(x + w / 2, table.paper_f1, marker="D", color="darkred", zorder=3, label="paper F1")
-    ax.set_xticks(x, table.level, rotation=15)
-    ax.set_ylim(0, 1.05)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=6, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-
-
 def _md_table(t: pd.DataFrame) -> str:
     lines = ["| level | cell | seeds ok | accuracy % | precision % | recall % | F1 % | AUC-ROC % | Grad-CAM energy in lesion % "
              "(chance) | pointing game % | paper acc / prec / rec / F1 / AUC % |",
@@ -111,13 +86,13 @@ def build_cls_report(cells_root: Path, abl: AblationConfig, out: Path, *, alpha:
     for factor, t in tables.items():
         t.to_csv(out / f"table_{factor}.csv", index=False)
         title = TABLE_TITLES_002.get(factor, factor)
-        _bar_chart(t, title, out / "figures" / f"{factor}.png")
+        bar_chart(t, title, out / "figures" / f"{factor}.png", ("auc", "f1"), "test score")
         md += [f"## {title}", "", _md_table(t), "", f"![{factor}](figures/{factor}.png)", ""]
     md += [f"## Claims (one-sided paired bootstrap of test AUC, per-case probabilities averaged over seeds; α = {alpha})",
            "", "| claim | better | worse | n | ΔAUC [95 % CI] | p | verdict |", "|---|---|---|---|---|---|---|"]
     for r in cl.to_dict("records"):
         if r.get("p") == r.get("p") and "p" in r:
-            md.append(f"| {r['claim']} | {r['better']} | {r['worse']} | {r['n']} | {r['mean_diff']:+.3f} "
+            md.append(f"| {r['claim']} | {r['better']} | {r['worse']} | {int(r['n'])} | {r['mean_diff']:+.3f} "
                       f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | {r['p']:.3g} | **{r['verdict']}** |")
         else:
             md.append(f"| {r['claim']} | {r['better']} | {r['worse']} | — | — | — | {r['verdict']} |")
