@@ -54,8 +54,8 @@ def main(profile: str = "quick") -> dict:
     shutil.copytree(dst / "reports/ablation/transfer_cls", out, dirs_exist_ok=True)
     shutil.copytree(dst / "reports/transfer_cls", RESULTS / f"cls_main_{profile}", dirs_exist_ok=True)
     shutil.copytree(dst / "reports/data", RESULTS / f"cls_data_{profile}", dirs_exist_ok=True)
+    res["project"] = str(dst)  # kept for inspection (MLflow store, models); delete when done
     save(f"cls_walltime_{profile}", res)
-    shutil.rmtree(dst.parent, ignore_errors=True)
     return res
 
 

@@ -17,6 +17,14 @@ import torch
 from monai.visualize import GradCAM
 
 
+def _minmax(x: torch.Tensor) -> torch.Tensor:
+    """Per-map scaling of the (ReLU'd) Grad-CAM to [0, 1], largest = 1. MONAI's default normaliser maps the
+    maximum to 0 (it flips magnitudes), which would invert every localisation score."""
+    flat = x.reshape(x.shape[0], -1)
+    lo, hi = flat.min(1).values.view(-1, 1, 1, 1), flat.max(1).values.view(-1, 1, 1, 1)
+    return (x - lo) / (hi - lo).clamp_min(1e-12)
+
+
 def gradcam(net: torch.nn.Module, images: torch.Tensor, class_idx: int | None = 1, layer: str | None = None,
             batch_size: int = 16) -> np.ndarray:
     """Grad-CAM maps (N, H, W) in [0, 1] for ``class_idx`` (None: the predicted class)."""
@@ -28,7 +36,7 @@ def gradcam(net: torch.nn.Module, images: torch.Tensor, class_idx: int | None = 
         p.requires_grad_(True)
     was_training = net.training
     try:
-        cam = GradCAM(nn_module=net.eval(), target_layers=layer)
+        cam = GradCAM(nn_module=net.eval(), target_layers=layer, postprocessing=_minmax)
         out = []
         for i in range(0, len(images), batch_size):
             x = images[i:i + batch_size].float().requires_grad_(True)  # so the backward hooks see an input grad
