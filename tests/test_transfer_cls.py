@@ -207,7 +207,9 @@ def test_simulated_sets_pass_the_gate_and_preprocess_with_histogram_equalisation
     idx = preprocess_classification(sets["nf-mri"], tmp_path / "pre", ClsPreprocessConfig(image_size=48), progress=False)
     x = np.load(tmp_path / "pre" / idx.shard.iloc[0])["image"].astype(np.float32)
     assert x.shape == (3, 48, 48) and 0 <= x.min() and x.max() <= 1
-    assert abs(float(np.median(x)) - 0.5) < 0.25            # equalised: mid-grey median
+    assert x[:, :3, :3].max() == 0                           # background (outside the head) zeroed
+    head = x[:, 16:32, 16:32]
+    assert abs(float(np.median(head)) - 0.5) < 0.25         # foreground equalised: mid-grey median
     again = preprocess_classification(sets["nf-mri"], tmp_path / "pre", ClsPreprocessConfig(image_size=48), progress=False)
     assert json.loads((tmp_path / "pre" / "preprocess.json").read_text())["computed"] == 0 and len(again) == len(idx)
 

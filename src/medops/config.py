@@ -95,7 +95,7 @@ class PreprocessConfig:
 @dataclass(frozen=True)
 class ClsPreprocessConfig:
     image_size: int = 64
-    equalize: bool = True                 # paper 002 section 3.2: histogram equalisation
+    equalize: str = "foreground"          # paper 002 section 3.2: histogram equalisation (foreground | global | none)
     workers: int = 1
 
 

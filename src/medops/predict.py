@@ -171,9 +171,7 @@ def predict_classification(model_uri: str, inp: Path, out: Path, default_pre) ->
     run = mlflow.get_run(info.run_id)
     params, tags = run.data.params, run.data.tags
     classes = json.loads(tags.get("classes", "[]"))
-    pcfg = replace(default_pre, **{k: type(getattr(default_pre, k))(params[f"preprocess_cls.{k}"] == "True"
-                                                                   if isinstance(getattr(default_pre, k), bool)
-                                                                   else params[f"preprocess_cls.{k}"])
+    pcfg = replace(default_pre, **{k: type(getattr(default_pre, k))(params[f"preprocess_cls.{k}"])
                                    for k in ("image_size", "equalize") if f"preprocess_cls.{k}" in params})
     model = mlflow.pytorch.load_model(model_uri)
     from medops.stages import build_model

@@ -1,7 +1,8 @@
 """Preprocessing for classification datasets (paper 002 section 3.2), cached as shards.
 
 Per case: every channel scaled to [0, 1] between robust percentiles, histogram equalisation
-(scikit-image), resize to the profile's size (224 in the paper profile); grayscale images are
+(scikit-image) computed over the foreground (Otsu threshold of the channel mean: the body, the
+fundus disc, the head) with the background set to 0, resize to the profile's size (224 in the paper profile); grayscale images are
 replicated to the three channels the backbones expect (counted and logged). The lesion mask,
 when present, is resized alongside for scoring Grad-CAM. Augmentation (rotation, zoom,
 horizontal flip) happens at training time on the training split only
@@ -33,15 +34,37 @@ PREPROCESS_VERSION = "cls-1"
 log = logging.getLogger("medops.preprocess")
 
 
+EQUALIZE = ("foreground", "global", "none")
+
+
+def foreground(chans: list[np.ndarray]) -> np.ndarray:
+    """Body / fundus / head: above the Otsu threshold of the channel mean (scikit-image)."""
+    from skimage.filters import threshold_otsu
+
+    m = np.mean(chans, axis=0)
+    return m > threshold_otsu(m) if m.max() > m.min() else np.ones(m.shape, bool)
+
+
 def preprocess_image(stack: np.ndarray, mask: np.ndarray | None, cfg: ClsPreprocessConfig):
-    """(C, H, W) stored values -> ((3, S, S) float32 in [0, 1], (S, S) uint8 mask or None, converted_gray)."""
+    """(C, H, W) stored values -> ((3, S, S) float32 in [0, 1], (S, S) uint8 mask or None, converted_gray).
+
+    ``equalize``: ``foreground`` equalises the histogram of the foreground only and zeroes the
+    background — global equalisation of a CT slice spreads the air's noise over the whole grey
+    range, and Grad-CAM showed models reading that background instead of the organs;
+    ``global`` is the plain paper recipe; ``none`` skips equalisation."""
+    if cfg.equalize not in EQUALIZE:
+        raise ValueError(f"params.yaml:preprocess_cls.equalize: unknown '{cfg.equalize}' (use one of {EQUALIZE})")
     s = cfg.image_size
-    chans = []
-    for ch in stack:
-        x = normalise(ch)
-        if cfg.equalize:
+    chans = [normalise(ch) for ch in stack]
+    fg = foreground(chans) if cfg.equalize == "foreground" else None
+    out = []
+    for x in chans:
+        if cfg.equalize == "global":
             x = exposure.equalize_hist(x, nbins=256).astype(np.float32)
-        chans.append(cv2.resize(x, (s, s), interpolation=cv2.INTER_AREA))
+        elif fg is not None:
+            x = np.where(fg, exposure.equalize_hist(x, nbins=256, mask=fg), 0).astype(np.float32)
+        out.append(cv2.resize(x, (s, s), interpolation=cv2.INTER_AREA))
+    chans = out
     converted = len(chans) == 1
     if converted:
         chans = chans * 3
