@@ -398,6 +398,8 @@ def promote(cfg: Config, family: str) -> dict:
     fcfg = cfg.family(family)
     abl, pc = fcfg.ablation, fcfg.promote
     cells = collect(model_dir(family) / "cells", abl, fam.metrics)
+    home = fam.default_dataset(fcfg)  # the registered model serves the family's dataset: only its cells compete
+    cells = cells[cells.cell.map(lambda c: abl.cell_dataset(c, home) == home)]
     try:
         cand = select_candidate(cells)
     except ValueError as exc:
