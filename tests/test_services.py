@@ -100,10 +100,11 @@ def test_dvc_pull_in_a_clean_workspace_and_load_the_champion(served_project, ser
     clone = tmp_path / "clone"
     _sh(f"git clone -q {dst} {clone}", tmp_path, services)
     assert not (clone / "data/raw/breast-trimodal").exists()
-    _sh("dvc pull", clone, services)
+    # the fusion_seg pipeline and everything it depends on (this project never ran transfer_cls)
+    _sh("dvc pull --with-deps promote evaluate", clone, services)
     assert (clone / "data/raw/breast-trimodal/manifest.parquet").exists()
     assert (clone / "models/fusion_seg/best.pt").exists()
-    st = _sh("dvc status", clone, services).stdout
+    st = _sh("dvc status promote evaluate", clone, services).stdout
     deleted = {ln.split()[-1] for ln in st.splitlines() if "deleted:" in ln}
     cached = ("data/raw/", "data/preprocessed/", "models/fusion_seg/best.pt", "models/fusion_seg/last.pt",
               "models/fusion_seg/cells/")
