@@ -12,23 +12,28 @@ from torch.utils.data import Dataset
 from medops.errors import DataError
 
 
+def load_split(pre_dir: str | Path, index: pd.DataFrame, split: str | None):
+    """(rows of the split, stacked images, per-case masks) read from the preprocessed shards."""
+    pre_dir = Path(pre_dir)
+    rows = index if split is None else index[index.split == split]
+    if rows.empty:
+        raise DataError(f"{pre_dir}/index.parquet", f"split_not_empty: no cases in split '{split}'",
+                        "generate more cases or change split.fractions in params.yaml")
+    imgs, masks = [], []
+    for shard in rows.shard:
+        z = np.load(pre_dir / shard)
+        imgs.append(z["image"])
+        masks.append(z["mask"] if z["mask"].size else np.zeros(z["image"].shape[-2:], np.uint8))
+    return rows, torch.from_numpy(np.stack(imgs)), np.stack(masks)
+
+
 class ShardDataset(Dataset):
     """Cases of one split: ``(image [3,S,S] float32, mask [1,S,S] float32, case_id)``."""
 
     def __init__(self, pre_dir: str | Path, index: pd.DataFrame, split: str | None):
-        pre_dir = Path(pre_dir)
-        rows = index if split is None else index[index.split == split]
-        if rows.empty:
-            raise DataError(f"{pre_dir}/index.parquet", f"split_not_empty: no cases in split '{split}'",
-                            "generate more cases or change split.fractions in params.yaml")
+        rows, self.images, masks = load_split(pre_dir, index, split)     # float16, N,3,S,S
         self.case_ids = rows.case_id.tolist()
-        imgs, masks = [], []
-        for shard in rows.shard:
-            z = np.load(pre_dir / shard)
-            imgs.append(z["image"])
-            masks.append(z["mask"])
-        self.images = torch.from_numpy(np.stack(imgs))                   # float16, N,3,S,S
-        self.masks = torch.from_numpy(np.stack(masks)[:, None])          # uint8, N,1,S,S
+        self.masks = torch.from_numpy(masks[:, None])                    # uint8, N,1,S,S
 
     def __len__(self):
         return len(self.case_ids)
@@ -45,19 +50,9 @@ class ClassificationDataset(Dataset):
     seeded generator so a resumed run sees the same augmentations."""
 
     def __init__(self, pre_dir: str | Path, index: pd.DataFrame, split: str | None, augment: dict | None = None):
-        pre_dir = Path(pre_dir)
-        rows = index if split is None else index[index.split == split]
-        if rows.empty:
-            raise DataError(f"{pre_dir}/index.parquet", f"split_not_empty: no cases in split '{split}'",
-                            "add cases or change split.fractions in params.yaml")
+        rows, self.images, masks = load_split(pre_dir, index, split)
         self.case_ids = rows.case_id.tolist()
-        imgs, masks = [], []
-        for shard in rows.shard:
-            z = np.load(pre_dir / shard)
-            imgs.append(z["image"])
-            masks.append(z["mask"] if z["mask"].size else np.zeros(z["image"].shape[1:], np.uint8))
-        self.images = torch.from_numpy(np.stack(imgs))
-        self.masks = torch.from_numpy(np.stack(masks))
+        self.masks = torch.from_numpy(masks)
         self.has_mask = torch.tensor(rows.has_mask.to_numpy(bool))
         self.labels = torch.tensor(rows.label_idx.to_numpy(np.int64))
         self.transform = None

@@ -175,6 +175,15 @@ def _md_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def gaps_section(cells: pd.DataFrame) -> list[str]:
+    """Report lines listing the failed or missing (cell, seed) runs with their reasons (none: no lines)."""
+    failed = cells[cells.status != "finished"]
+    if not len(failed):
+        return []
+    return ["", "## Gaps (failed or missing cells)", "", "| cell | seed | status | reason |", "|---|---|---|---|",
+            *(f"| {r.cell} | {r.seed} | {r.status} | {r.reason} |" for r in failed.itertuples())]
+
+
 def build_report(cells_root: Path, abl: AblationConfig, out: Path, *, alpha: float = 0.05, profile: str = "") -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(exist_ok=True)
@@ -212,10 +221,7 @@ def build_report(cells_root: Path, abl: AblationConfig, out: Path, *, alpha: flo
     md += ["", "## Missing modality at test time (baseline cell)", "", "| condition | DSC % |", "|---|---|"]
     for r in mm.itertuples():
         md.append(f"| {r.condition} | {_fmt(r.dsc_mean, r.dsc_ci95)} |")
-    failed = cells[cells.status != "finished"]
-    if len(failed):
-        md += ["", "## Gaps (failed or missing cells)", "", "| cell | seed | status | reason |", "|---|---|---|---|"]
-        md += [f"| {r.cell} | {r.seed} | {r.status} | {r.reason} |" for r in failed.itertuples()]
+    md += gaps_section(cells)
     (out / "report.md").write_text("\n".join(md) + "\n")
     summary = {"n_cells": int(len(cells)), "n_finished": int((cells.status == "finished").sum()),
                "claims": {r["claim"]: r["verdict"] for r in cl.to_dict("records")},

@@ -12,7 +12,7 @@ import pandas as pd
 
 from medops.config import AblationConfig
 from medops.experiments.references import CLAIMS_002, PAPER_002, TABLE_TITLES_002
-from medops.experiments.report import _cell_for, _fmt, bar_chart, collect
+from medops.experiments.report import _cell_for, _fmt, bar_chart, collect, gaps_section
 from medops.experiments.report import factor_tables as shared_factor_tables
 from medops.metrics.classification import paired_auc_test
 
@@ -96,10 +96,7 @@ def build_cls_report(cells_root: Path, abl: AblationConfig, out: Path, *, alpha:
                       f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | {r['p']:.3g} | **{r['verdict']}** |")
         else:
             md.append(f"| {r['claim']} | {r['better']} | {r['worse']} | — | — | — | {r['verdict']} |")
-    failed = cells[cells.status != "finished"]
-    if len(failed):
-        md += ["", "## Gaps (failed or missing cells)", "", "| cell | seed | status | reason |", "|---|---|---|---|"]
-        md += [f"| {r.cell} | {r.seed} | {r.status} | {r.reason} |" for r in failed.itertuples()]
+    md += gaps_section(cells)
     (out / "report.md").write_text("\n".join(md) + "\n")
     summary = {"n_cells": int(len(cells)), "n_finished": int((cells.status == "finished").sum()),
                "claims": {r["claim"]: r["verdict"] for r in cl.to_dict("records")}}
