@@ -67,3 +67,52 @@ def test_non_finite_loss_stops_with_a_clear_error(preprocessed, smoke_cfg, tmp_p
 
     with pytest.raises(FloatingPointError, match="non-finite training loss at epoch 1"):
         Trainer(NanTask(net, cfg), cfg, tmp_path, progress=False).fit(tr, va)
+
+
+def test_early_stopping_on_the_monitor_and_a_resumed_run_stops_at_the_same_epoch(preprocessed, smoke_cfg, tmp_path):
+    """Paper 002: early stopping on validation loss. A validation loss that only gets worse after epoch 1
+    stops training `early_stopping` epochs later; best.pt keeps epoch 1; resuming changes nothing."""
+    cfg = dataclasses.replace(smoke_cfg.family("fusion_seg").train, epochs=10, batch_size=4, early_stopping=2,
+                              monitor="val_loss")
+    idx = pd.read_parquet(preprocessed / "index.parquet")
+    tr, va = ShardDataset(preprocessed, idx, "train"), ShardDataset(preprocessed, idx, "val")
+
+    class Worsening(SegmentationTask):
+        monitor_mode = "min"
+        calls = 0
+
+        def validation_epoch_end(self, outputs):
+            Worsening.calls += 1
+            return {"val_loss": float(Worsening.calls), "val_dice": 0.0}
+
+    def fit(resume=False):
+        torch.manual_seed(0)
+        task = Worsening(get_model("fusion_seg", channels=(4, 8)), cfg)
+        return Trainer(task, cfg, tmp_path, progress=False, device=torch.device("cpu")).fit(tr, va, resume=resume)
+
+    hist = fit()
+    assert [h["epoch"] for h in hist] == [1, 2, 3]
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 1
+    assert len(fit(resume=True)) == 3                       # the resumed run stops right away, like the first
+
+
+def test_augmentation_on_the_training_split_only(tmp_path):
+    """Paper 002 section 3.2: rotation, zoom and flips vary a training image between epochs; validation
+    images are returned exactly as preprocessed."""
+    import numpy as np
+
+    from medops.data.dataset import ClassificationDataset
+
+    (tmp_path / "shards").mkdir()
+    rows = []
+    for i, split in enumerate(["train", "val"]):
+        img = np.random.default_rng(i).random((3, 32, 32)).astype(np.float16)
+        np.savez(tmp_path / f"shards/{i}.npz", image=img, mask=np.zeros(0, np.uint8), label=np.int64(i))
+        rows.append({"case_id": f"c{i}", "split": split, "shard": f"shards/{i}.npz", "label_idx": i, "has_mask": False})
+    idx = pd.DataFrame(rows)
+    train = ClassificationDataset(tmp_path, idx, "train", augment={"rotation_deg": 15, "zoom": 0.1, "hflip": True})
+    val = ClassificationDataset(tmp_path, idx, "val")
+    torch.manual_seed(0)
+    a, b = train[0][0], train[0][0]
+    assert not torch.equal(a, b) and a.shape == (3, 32, 32)
+    assert torch.equal(val[0][0], val[0][0]) and torch.equal(val[0][0], val.images[0].float())

@@ -187,6 +187,8 @@ class Trainer:
             start, best = ck["epoch"], ck["best"]
             self.history = json.loads(ck["history"])
             self._emit("resumed", {"epoch": start})
+            if self._should_stop():  # it had already stopped early: resuming must not train on
+                return self.history
         elif not resume and main:
             for stale in ("last.pt", "best.pt"):
                 (self.out / stale).unlink(missing_ok=True)
