@@ -26,9 +26,8 @@ class Family:
     report: Callable               # (cells_root, ablation, out, alpha=, profile=) -> summary
     metrics: tuple                 # test metrics of a cell (status.json "test")
     selection: str                 # validation metric (history column, higher = better) that picks the candidate
-    compare: Callable              # (candidate per_case.csv, champion per_case.csv, metric, alpha) -> dict | None
+    compare: Callable              # (candidate per_case.csv, champion per_case.csv, metric) -> dict | None
     card: Callable                 # (candidate row) -> model-card lines
-    input_channels: int = 3
 
 
 # ---------------------------------------------------------------- fusion_seg
@@ -51,15 +50,13 @@ def _seg_cell(net, pre, index, out, *, fcfg, model_cfg):
     return evaluate_conditions(net, pre, index, out, modalities=model_cfg.modalities, threshold=fcfg.evaluate.threshold)
 
 
-def _seg_compare(cand, champ, metric, alpha):
-    from medops.experiments.stats import paired_test
+def _seg_compare(cand, champ, metric):
+    from medops.experiments.promotion import paired_wilcoxon
 
-    a = (cand.query("condition == 'full'") if "condition" in cand else cand).set_index("case_id")[metric]
-    b = (champ.query("condition == 'full'") if "condition" in champ else champ).set_index("case_id")[metric]
-    a2, b2 = a.align(b, join="inner")
-    if len(a2) == 0 or len(a2) != len(a) or len(b2) != len(b):
-        return None
-    return {**paired_test(a2.to_numpy(), b2.to_numpy()), "test": "paired Wilcoxon"}
+    def full(df):  # all modalities present (cells also record missing-modality conditions)
+        return (df.query("condition == 'full'") if "condition" in df else df).set_index("case_id")[metric]
+
+    return paired_wilcoxon(full(cand), full(champ))
 
 
 def _seg_card(c):
@@ -94,7 +91,7 @@ def _fusion_seg() -> Family:
 
 
 # ---------------------------------------------------------------- transfer_cls
-def _classes(index) -> list[str]:
+def classes_of(index) -> list[str]:
     return [str(c) for c in index.sort_values("label_idx").drop_duplicates("label_idx").label]
 
 
@@ -112,11 +109,6 @@ def _cls_datasets(pre, index, fcfg):
 
 
 def _cls_model_kwargs(fcfg, mcfg, index):
-    from medops.models.transfer_cls import BACKBONES
-
-    if mcfg.backbone not in BACKBONES:
-        raise ConfigError(f"backbone '{mcfg.backbone}'", "not an available backbone",
-                          f"use one of {sorted(BACKBONES)}")
     n = int(index.label_idx.max()) + 1
     return {"num_classes": n, "source_checkpoint": str(pretrained_dir("transfer_cls", mcfg.backbone) / "best.pt")}
 
@@ -124,7 +116,7 @@ def _cls_model_kwargs(fcfg, mcfg, index):
 def _cls_evaluate(net, pre, index, out, *, history_csv, fcfg, model_cfg):
     from medops.evaluation.classification import evaluate_classification
 
-    return evaluate_classification(net, pre, index, out, classes=_classes(index), history_csv=history_csv,
+    return evaluate_classification(net, pre, index, out, classes=classes_of(index), history_csv=history_csv,
                                    n_boot=fcfg.evaluate.bootstrap, n_figure_cases=fcfg.evaluate.gradcam_figure_cases,
                                    backbone=model_cfg.backbone)
 
@@ -132,16 +124,16 @@ def _cls_evaluate(net, pre, index, out, *, history_csv, fcfg, model_cfg):
 def _cls_cell(net, pre, index, out, *, fcfg, model_cfg):
     from medops.evaluation.classification import gradcam_figure, per_case_table, summarise
 
-    classes = _classes(index)
+    classes = classes_of(index)
     df, cams, ds = per_case_table(net, pre, index, classes)
     df.to_csv(out / "per_case.csv", index=False)
     (out / "figures").mkdir(exist_ok=True)
     gradcam_figure(df, cams, ds, classes, out / "figures" / "gradcam.png", fcfg.evaluate.gradcam_figure_cases,
                    model_cfg.backbone)
-    return {"full": summarise(df, classes, n_boot=200)["model"]}
+    return {"full": summarise(df, classes, n_boot=0)["model"]}  # CIs over seeds come from the report
 
 
-def _cls_compare(cand, champ, metric, alpha):
+def _cls_compare(cand, champ, metric):
     from medops.metrics.classification import paired_auc_test
 
     pos = [c for c in cand.columns if c.startswith("prob_")][-1]

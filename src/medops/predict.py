@@ -42,11 +42,12 @@ def load_inputs(inp: Path) -> tuple[Path, pd.DataFrame]:
     raise DataError(str(inp), "predict_input: not a case folder or manifest", "pass a folder or a manifest.parquet")
 
 
-def preprocess_config_of(run_params: dict, default: PreprocessConfig) -> PreprocessConfig:
-    """The preprocessing the model was trained with, from its run's logged parameters."""
+def preprocess_config_of(run_params: dict, default, section: str = "preprocess"):
+    """The preprocessing the model was trained with (``default``'s dataclass, read from the run's logged
+    ``<section>.<field>`` parameters; fields not logged keep ``default``'s value)."""
     kw = {}
-    for f in fields(PreprocessConfig):
-        v = run_params.get(f"preprocess.{f.name}")
+    for f in fields(default):
+        v = run_params.get(f"{section}.{f.name}")
         if v is None:
             continue
         cur = getattr(default, f.name)
@@ -115,7 +116,7 @@ def _version(model_uri: str) -> str | None:
 
 def task_of(model_uri: str) -> str:
     """``classification`` or ``segmentation``, from the family named in a ``models:/<family>...`` URI
-    (other URIs: from the run's ``task`` tag)."""
+    (any other URI is treated as a segmentation model)."""
     if model_uri.startswith("models:/"):
         name = model_uri.split("models:/", 1)[1].replace("@", "/").split("/", 1)[0]
         from medops.families import list_families
@@ -171,8 +172,7 @@ def predict_classification(model_uri: str, inp: Path, out: Path, default_pre) ->
     run = mlflow.get_run(info.run_id)
     params, tags = run.data.params, run.data.tags
     classes = json.loads(tags.get("classes", "[]"))
-    pcfg = replace(default_pre, **{k: type(getattr(default_pre, k))(params[f"preprocess_cls.{k}"])
-                                   for k in ("image_size", "equalize") if f"preprocess_cls.{k}" in params})
+    pcfg = preprocess_config_of(params, default_pre, "preprocess_cls")
     model = mlflow.pytorch.load_model(model_uri)
     from medops.stages import build_model
 

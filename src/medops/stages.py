@@ -212,12 +212,12 @@ def train(cfg: Config, family: str, *, resume: bool = False, progress: bool = Tr
             "validation": validation["status"], "validation_manifest_sha256": validation["manifest_sha256"],
             "cell": cell or ("pretrain" if pretrain else "main"), "seed": train_cfg.seed,
             **{f"factor.{k}": v for k, v in (fcfg.ablation.levels(cell) if cell else {}).items()}}
-    if hasattr(task, "class_weight") and train_cfg.class_weights != "none":
+    if getattr(task, "class_weight", None) is not None:
         tags["class_weights"] = json.dumps([round(float(w), 4) for w in task.class_weight])
     if hasattr(train_ds, "labels"):
-        from medops.families import _classes
+        from medops.families import classes_of
 
-        tags["classes"] = json.dumps(_classes(index))
+        tags["classes"] = json.dumps(classes_of(index))
         tags["train_class_counts"] = json.dumps(torch.bincount(train_ds.labels).tolist())
         tags["task"] = fam.task_type
     if cell is not None and not prev:
@@ -432,7 +432,7 @@ def promote(cfg: Config, family: str) -> dict:
         champ_cases = pd.read_csv(registry.download(champ_run, "evaluation/per_case.csv", tmp))
     gates = evaluate_gates(validation=tags.get("validation", "unknown"), test_mean=float(cand[f"test_{pc.metric}"]),
                            floor=pc.floor, metric=pc.metric, candidate_cases=cand_cases, champion_cases=champ_cases,
-                           alpha=pc.alpha, compare=lambda a, b: fam.compare(a, b, pc.metric, pc.alpha))
+                           alpha=pc.alpha, compare=lambda a, b: fam.compare(a, b, pc.metric))
     promoted = all(g.passed for g in gates)
     table_row = None
     for f in (ablation_report_dir(family)).glob("table_*.csv"):

@@ -41,6 +41,12 @@ def dataset_info(root: str | Path) -> dict:
     return info
 
 
+def class_list(info: dict, manifest: pd.DataFrame) -> list[str]:
+    """The dataset's classes, negative first: ``dataset.json`` ``classes``, else the sorted labels
+    (for a folder tree: the folder names)."""
+    return [str(c) for c in (info.get("classes") or sorted(manifest.label.astype(str).unique()))]
+
+
 def _class_dirs(root: Path) -> list[str]:
     if not root.is_dir() or (root / "manifest.parquet").exists():
         return []

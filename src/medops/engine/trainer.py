@@ -216,9 +216,7 @@ class Trainer:
             stats = all_reduce_sum(torch.stack([total.float(), torch.tensor(float(n), device=self.device)]))
             train_loss = float(stats[0]) / max(float(stats[1]), 1)
             if not main:  # rank 0 validates, logs and checkpoints; the others wait for it
-                stop = False
-                if self.dist.world > 1 and cfg.early_stopping > 0:
-                    stop = bool(all_reduce_sum(torch.tensor([0.0], device=self.device))[0] > 0)
+                stop = self._stop_together(False)
                 barrier()
                 if stop:
                     break
@@ -242,15 +240,19 @@ class Trainer:
                 tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  train_loss {train_loss:.4f}  "
                            f"val_loss {rec.get('val_loss', float('nan')):.4f}  {task.monitor} {metric:.4f}")
             self._emit("epoch_end", rec)
-            stop = self._should_stop()
-            if self.dist.world > 1 and cfg.early_stopping > 0:  # every rank must leave the loop together
-                stop = bool(all_reduce_sum(torch.tensor([float(stop)], device=self.device))[0] > 0)
+            stop = self._stop_together(self._should_stop())
             barrier()
             if stop:
                 if self.progress:
                     tqdm.write(f"early stopping: no better {task.monitor} for {cfg.early_stopping} epochs")
                 break
         return self.history
+
+    def _stop_together(self, stop: bool) -> bool:
+        """Under DDP every rank must leave the loop in the same epoch: rank 0 decides, the others learn it."""
+        if self.dist.world > 1 and self.cfg.early_stopping > 0:
+            return bool(all_reduce_sum(torch.tensor([float(stop)], device=self.device))[0] > 0)
+        return stop
 
     def _should_stop(self) -> bool:
         """Early stopping from the history alone, so a resumed run stops where an uninterrupted one would."""

@@ -43,7 +43,7 @@ def evaluate_gates(*, validation: str, test_mean: float, floor: float, metric: s
     if champion_cases is None:
         gates.append(Gate("beats_champion", True, "no current champion"))
     else:
-        res = (compare or _wilcoxon)(candidate_cases, champion_cases)
+        res = (compare or paired_wilcoxon)(candidate_cases, champion_cases)
         if res is None:
             gates.append(Gate("beats_champion", False, "champion was tested on other cases: not comparable"))
         else:
@@ -53,7 +53,8 @@ def evaluate_gates(*, validation: str, test_mean: float, floor: float, metric: s
     return gates
 
 
-def _wilcoxon(candidate_cases: pd.Series, champion_cases: pd.Series) -> dict | None:
+def paired_wilcoxon(candidate_cases: pd.Series, champion_cases: pd.Series) -> dict | None:
+    """One-sided paired Wilcoxon on per-case values (index: case_id); None unless both hold the same cases."""
     a, b = candidate_cases.align(champion_cases, join="inner")
     if len(a) == 0 or len(a) != len(candidate_cases) or len(b) != len(champion_cases):
         return None

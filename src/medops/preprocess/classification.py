@@ -27,7 +27,7 @@ from skimage import exposure
 
 from medops.config import ClsPreprocessConfig
 from medops.data.io import file_sha256, resolve_inside
-from medops.data.readers import case_stack, dataset_info, load_manifest
+from medops.data.readers import case_stack, class_list, dataset_info, load_manifest
 from medops.preprocess.pipeline import normalise, run_jobs
 
 PREPROCESS_VERSION = "cls-1"
@@ -101,7 +101,7 @@ def preprocess_classification(root: str | Path, out: str | Path, cfg: ClsPreproc
     root, out = Path(root), Path(out)
     info = dataset_info(root)
     man = load_manifest(root, split_fractions, split_seed)
-    classes = [str(c) for c in (info.get("classes") or sorted(man.label.astype(str).unique()))]
+    classes = class_list(info, man)
     (out / "shards").mkdir(parents=True, exist_ok=True)
     rows, todo = [], []
     for case_id, g in man.groupby("case_id", sort=True):

@@ -107,11 +107,11 @@ def _required_cls(mods: list[str]) -> set[str]:
 def build_tables(root: Path, manifest: pd.DataFrame, progress: bool = True,
                  required: tuple[str, ...] = tuple(MODALITY_SPEC), classes: list[str] | None = None,
                  min_per_class: int = 1) -> dict[str, pd.DataFrame]:
-    missing = [c for c in MANIFEST_COLUMNS + (["label"] if classes is not None else []) if c not in manifest.columns]
+    cols = MANIFEST_COLUMNS + (["label"] if classes is not None else [])
+    missing = [c for c in cols if c not in manifest.columns]
     if missing:
         raise DataError(str(root / "manifest.parquet"), f"manifest_columns: missing {missing}",
-                        f"the manifest needs columns {MANIFEST_COLUMNS}")
-    cols = MANIFEST_COLUMNS + (["label"] if classes is not None else [])
+                        f"the manifest needs columns {cols}")
     rows = [
         {**r._asdict(), **_image_stats(root, r)}
         for r in tqdm(list(manifest[cols].itertuples(index=False)), desc="validate", disable=not progress)
@@ -134,7 +134,7 @@ def build_tables(root: Path, manifest: pd.DataFrame, progress: bool = True,
         counts = img.drop_duplicates("case_id").groupby("label").size()
         tables["classes"] = pd.DataFrame({"label": [str(c) for c in classes],
                                           "n_cases": [int(counts.get(str(c), 0)) for c in classes]})
-        tables["labels"] = img.assign(label=img.label.astype(str))[["path", "case_id", "label"]].reset_index(drop=True)
+        tables["labels"] = img[["path", "case_id", "label"]].reset_index(drop=True)
         tables["meta"] = {"classes": [str(c) for c in classes], "min_per_class": min_per_class}
     return tables
 
@@ -291,7 +291,7 @@ def validate_dataset(root: str | Path, cfg: ValidateConfig, report_dir: str | Pa
     ``required``: the modalities every segmentation case must have (prediction inputs need no mask).
     ``manifest``: validate this table instead of the one read from ``root`` (nothing is written under root).
     """
-    from medops.data.readers import dataset_info, load_manifest
+    from medops.data.readers import class_list, dataset_info, load_manifest
 
     root, report_dir = Path(root), Path(report_dir)
     info = dataset_info(root)
@@ -302,7 +302,7 @@ def validate_dataset(root: str | Path, cfg: ValidateConfig, report_dir: str | Pa
                             "run `medops generate` or write a manifest.parquet")
         manifest = load_manifest(root, split_fractions, split_seed)
     if classification:
-        classes = info.get("classes") or sorted(manifest.label.astype(str).unique())
+        classes = class_list(info, manifest)
         tables = build_tables(root, manifest, progress=progress, classes=classes,
                               min_per_class=cfg.min_cases_per_class)
         spec = {m: v for m, v in CLS_MODALITY_SPEC.items() if m in set(manifest.modality)}

@@ -56,14 +56,10 @@ class ClassificationTask(TaskModule):
         super().__init__(net, cfg)
         self.num_classes = net.head[-1].out_features
         labels = dataset.labels.numpy() if dataset is not None else np.arange(self.num_classes)
-        self.register_buffer("class_weight", class_weights(labels, self.num_classes, cfg.class_weights)
-                             if cfg.class_weights != "none" else torch.ones(self.num_classes), persistent=False)
-        w = self.class_weight if cfg.class_weights != "none" else None
-        self.loss_fn = ClassificationLoss(cfg.loss, w, cfg.focal_gamma)
+        # None when unweighted; the loss keeps (and moves) its own copy, this one is logged as a run tag
+        self.class_weight = class_weights(labels, self.num_classes, cfg.class_weights)
+        self.loss_fn = ClassificationLoss(cfg.loss, self.class_weight, cfg.focal_gamma)
         self.monitor, self.monitor_mode = cfg.monitor, ("min" if cfg.monitor.endswith("loss") else "max")
-
-    def configure_optimizers(self):
-        return super().configure_optimizers()
 
     def train_step(self, batch):
         x, y, _ = batch
