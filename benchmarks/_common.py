@@ -15,7 +15,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 def prepared(profile: str = "quick", n_cases: int = 64):
     from medops.data.breast_trimodal import generate
-    from medops.preprocess import preprocess_dataset
+    from medops.preprocess.breast_trimodal import preprocess_dataset
 
     cfg = load_config(ROOT / "params.yaml", profile=profile)
     tmp = Path(tempfile.mkdtemp(prefix="medops-bench-"))

@@ -17,10 +17,10 @@ import pandas as pd
 import torch
 
 from _common import prepared, save
-from medops.data.dataset import ShardDataset
+from medops.data.dataset import SegmentationShardDataset as ShardDataset
 from medops.engine import Trainer
 from medops.models import get_model
-from medops.models.fusion_seg.task import SegmentationTask
+from medops.tasks.segmentation import SegmentationTask
 
 
 def bare_epoch(task, opt, loader):

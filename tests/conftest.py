@@ -28,9 +28,17 @@ _KUBE.write_text(yaml.safe_dump({
 os.environ["KUBECONFIG"] = str(_KUBE)
 
 
-def copy_project(dst: Path, cells: str | None = None) -> Path:
-    """Copy the project's tracked and unignored files to ``dst``; optionally replace the
-    ablation cells of params.yaml with ``cells`` (YAML lines under `cells:`)."""
+def edit_params(path: Path, edit) -> dict:
+    """Parse params.yaml, let ``edit(params)`` change the dict, write it back (YAML, never string surgery)."""
+    params = yaml.safe_load(Path(path).read_text())
+    edit(params)
+    Path(path).write_text(yaml.safe_dump(params, sort_keys=False))
+    return params
+
+
+def copy_project(dst: Path, cells: dict | None = None) -> Path:
+    """Copy the project's tracked and unignored files to ``dst``; optionally replace fusion_seg's
+    ablation cells in params.yaml with ``cells`` (cell -> factor levels)."""
     import subprocess
 
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
@@ -40,9 +48,7 @@ def copy_project(dst: Path, cells: str | None = None) -> Path:
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, dst / f)
     if cells is not None:
-        params = (dst / "params.yaml").read_text()
-        head, rest = params.split("    cells:\n", 1)
-        (dst / "params.yaml").write_text(head + "    cells:\n" + cells + rest[rest.index("\n\n"):])
+        edit_params(dst / "params.yaml", lambda p: p["ablation"]["fusion_seg"].update(cells=cells))
     return dst
 
 
@@ -64,7 +70,7 @@ def dataset(tmp_path_factory, smoke_cfg):
 
 @pytest.fixture(scope="session")
 def preprocessed(tmp_path_factory, dataset, smoke_cfg):
-    from medops.preprocess import preprocess_dataset
+    from medops.preprocess.breast_trimodal import preprocess_dataset
 
     out = tmp_path_factory.mktemp("pre") / "pre"
     cfg = dataclasses.replace(smoke_cfg.preprocess, workers=1)

@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 import torch
 
-from medops.data.dataset import ShardDataset
+from medops.data.dataset import SegmentationShardDataset as ShardDataset
 from medops.engine import Trainer, load_checkpoint
 from medops.models import get_model
-from medops.models.fusion_seg.task import SegmentationTask
+from medops.tasks.segmentation import SegmentationTask
 
 
 class Crash(Exception):

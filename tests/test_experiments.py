@@ -10,7 +10,7 @@ from scipy import stats
 from medops.config import AblationConfig, load_config
 from medops.errors import ConfigError
 from medops.experiments.promotion import evaluate_gates, select_candidate
-from medops.experiments.report import build_report
+from medops.families.fusion_seg.report import build_report
 from medops.experiments.stats import mean_ci, paired_test
 from conftest import ROOT
 
@@ -19,14 +19,22 @@ FACTORS = {"modalities": ["us", "mg", "mri", "us_mg", "mg_mri", "us_mri", "us_mg
 BASE = {"modalities": "us_mg_mri", "fusion": "attention"}
 
 
-def test_unknown_factor_or_level_fails_naming_it(tmp_path):
-    text = (ROOT / "params.yaml").read_text()
-    bad_level = text.replace("      us: {modalities: us}", "      us: {modalities: ultrasound}")
+def _params_with_cell(tmp_path, cell: str, levels: dict):
+    import shutil
+
+    from conftest import edit_params
+
     p = tmp_path / "params.yaml"
-    p.write_text(bad_level)
+    shutil.copy(ROOT / "params.yaml", p)
+    edit_params(p, lambda d: d["ablation"]["fusion_seg"]["cells"].update({cell: levels}))
+    return p
+
+
+def test_unknown_factor_or_level_fails_naming_it(tmp_path):
+    p = _params_with_cell(tmp_path, "us", {"modalities": "ultrasound"})
     with pytest.raises(ConfigError, match=r"cells.us.*unknown level 'ultrasound' of factor 'modalities'"):
         load_config(p)
-    p.write_text(text.replace("      late: {fusion: late}", "      late: {fuzion: late}"))
+    p = _params_with_cell(tmp_path, "late", {"fuzion": "late"})
     with pytest.raises(ConfigError, match=r"cells.late.*unknown factor 'fuzion'"):
         load_config(p)
 
@@ -36,8 +44,7 @@ def test_cli_refuses_bad_ablation_before_training(tmp_path, monkeypatch):
 
     from medops.cli import app
 
-    p = tmp_path / "params.yaml"
-    p.write_text((ROOT / "params.yaml").read_text().replace("      mg: {modalities: mg}", "      mg: {modalities: xray}"))
+    p = _params_with_cell(tmp_path, "mg", {"modalities": "xray"})
     monkeypatch.chdir(tmp_path)
     res = CliRunner().invoke(app, ["--params", str(p), "train", "fusion_seg", "--cell", "mg", "--seed", "1"])
     assert res.exit_code == 2
@@ -94,7 +101,7 @@ def _fake_cells(root, spec):
             pd.DataFrame({"epoch": [1, 2, 3, 4, 5], "train_loss": [1, .8, .6, .5, .4],
                           "val_loss": [1.1, .9, .7, .6, .5]}).to_csv(d / "history.csv", index=False)
             (d / "status.json").write_text(json.dumps({
-                "status": "finished", "best_val_dice": float(dsc.mean()),
+                "status": "finished", "best_val_dice": float(dsc.mean()), "selection_score": float(dsc.mean()),
                 "test": {"dsc": float(dsc.mean()), "iou": float((dsc / (2 - dsc)).mean()),
                          "sensitivity": float(dsc.mean()), "specificity": 0.99}}))
             (d / "run.json").write_text(json.dumps({"run_id": f"{cell}{seed}"}))
@@ -127,12 +134,23 @@ def test_report_tables_claims_and_gaps(tmp_path):
     assert summary["n_finished"] == 18 and summary["n_cells"] == 21
 
 
-def test_candidate_is_chosen_on_validation_not_test():
-    cells = pd.DataFrame({"cell": ["a", "a", "b", "b"], "seed": [1, 2, 1, 2], "status": "finished",
-                          "best_val_dice": [0.9, 0.8, 0.7, 0.75], "test_dsc": [0.1, 0.1, 0.99, 0.99],
-                          "run_id": ["a1", "a2", "b1", "b2"]})
+def test_candidate_is_chosen_on_validation_not_test(tmp_path):
+    """What `medops promote` does: collect the cells' status.json files, pick by the selection score
+    (the family's validation metric at the best epoch), never by the test metric."""
+    from medops.experiments.ablation import collect
+
+    val = {("a", 1): 0.9, ("a", 2): 0.8, ("b", 1): 0.7, ("b", 2): 0.75}
+    for (cell, seed), v in val.items():
+        d = tmp_path / cell / f"seed{seed}"
+        d.mkdir(parents=True)
+        (d / "status.json").write_text(json.dumps({"status": "finished", "selection_score": v,
+                                                   "test": {"dsc": 0.1 if cell == "a" else 0.99}}))
+        (d / "run.json").write_text(json.dumps({"run_id": f"{cell}{seed}"}))
+    abl = AblationConfig(seeds=(1, 2), factors={"x": ["p", "q"]}, baseline={"x": "p"}, cells={"a": {}, "b": {"x": "q"}})
+    cells = collect(tmp_path, abl, ("dsc",))
+    assert list(cells.selection) == [0.9, 0.8, 0.7, 0.75]
     c = select_candidate(cells)
-    assert (c.cell, c.seed) == ("a", 1)
+    assert (c.cell, c.seed, c.run_id) == ("a", 1, "a1")
 
 
 def test_gates():

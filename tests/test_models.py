@@ -70,21 +70,58 @@ def test_metrics_match_paper_formulas():
     assert m["specificity"] == pytest.approx(tn / (tn + fp))
 
 
+def _fixed_batch():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 16, 16, generator=g)
+    y = torch.zeros(2, 1, 16, 16)
+    y[:, :, 4:12, 4:12] = 1.0
+    x[:, 2] += 2 * y[:, 0]  # the target is visible in the MRI channel
+    return x, y
+
+
 @pytest.mark.parametrize("fusion", ["early", "late", "concat", "attention"])
 def test_every_fusion_strategy_trains_a_step(fusion):
+    """A step changes every trained parameter group and lowers the loss on a fixed batch."""
+    torch.manual_seed(0)
     net = get_model("fusion_seg", fusion=fusion, channels=(4, 8))
     opt = torch.optim.Adam(net.parameters(), 1e-2)
-    x, y = torch.rand(2, 3, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x), y)
-    loss.backward()
-    opt.step()
-    assert torch.isfinite(loss)
+    x, y = _fixed_batch()
+    loss_fn = torch.nn.functional.binary_cross_entropy_with_logits
+    before = {k: v.detach().clone() for k, v in net.state_dict().items() if v.dtype.is_floating_point}
+    net.train()
+    first = None
+    for _ in range(5):
+        opt.zero_grad()
+        loss = loss_fn(net(x), y)
+        first = float(loss.detach()) if first is None else first
+        loss.backward()
+        opt.step()
+    changed = [k for k, v in net.state_dict().items() if k in before and not torch.equal(before[k], v)]
+    assert len(changed) > len(before) // 2
+    net.eval()
+    with torch.no_grad():
+        after = float(loss_fn(net(x), y))
+    assert after < first
 
 
 def test_late_fusion_learns_modality_weights():
+    """Late fusion weighs each modality's prediction; training on data where only MRI shows the target
+    moves the weights away from uniform, towards MRI."""
+    torch.manual_seed(0)
     net = get_model("fusion_seg", fusion="late", channels=(4, 8))
     assert len(net.nets) == 3 and net.logit_weights.shape == (3,)
-    assert abs(sum(net.attention_weights().values()) - 1) < 1e-6
+    w0 = net.attention_weights()
+    assert abs(sum(w0.values()) - 1) < 1e-6 and max(w0.values()) - min(w0.values()) < 1e-6
+    opt = torch.optim.Adam(net.parameters(), 3e-2)
+    x, y = _fixed_batch()
+    for _ in range(30):
+        opt.zero_grad()
+        torch.nn.functional.binary_cross_entropy_with_logits(net(x), y).backward()
+        opt.step()
+    w = net.attention_weights()
+    assert abs(sum(w.values()) - 1) < 1e-5
+    assert max(w.values()) - min(w.values()) > 0.01
+    assert max(w, key=w.get).endswith("mri"), w
 
 
 def test_early_fusion_has_one_encoder_over_the_stack():

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, copy_project
+from conftest import ROOT, copy_project, edit_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 BIN = Path(sys.executable).parent
@@ -33,14 +33,15 @@ def _sh(cmd, cwd, check=True):
 def project(tmp_path_factory):
     # a small ablation for the test suite: 4 cells x 3 seeds, one of which diverges (lr 1e30)
     dst = copy_project(tmp_path_factory.mktemp("proj") / "medops",
-                       cells="      tri_attention: {}\n      mri: {modalities: mri}\n      concat: {fusion: concat}\n"
-                             "      diverge: {lr: 1.0e+30}")
-    params = (dst / "params.yaml").read_text()
-    params = params.replace("      arch: [fusion_seg, unet, attention_unet]                      # review 001 baselines (MONAI)",
-                            "      arch: [fusion_seg, unet, attention_unet]\n      lr: [0.003, 1.0e+30]")
-    params = params.replace("baseline: {modalities: us_mg_mri, fusion: attention, arch: fusion_seg}",
-                            "baseline: {modalities: us_mg_mri, fusion: attention, arch: fusion_seg, lr: 0.003}")
-    (dst / "params.yaml").write_text(params)
+                       cells={"tri_attention": {}, "mri": {"modalities": "mri"}, "concat": {"fusion": "concat"},
+                              "diverge": {"lr": 1.0e+30}})
+
+    def lr_factor(p):
+        abl = p["ablation"]["fusion_seg"]
+        abl["factors"]["lr"] = [0.003, 1.0e+30]
+        abl["baseline"]["lr"] = 0.003
+
+    edit_params(dst / "params.yaml", lr_factor)
     _sh("git init -q && git add -A && git commit -qm init", dst)
     _sh("medops profile smoke", dst)
     repro = _sh(f"dvc repro {FUSION_TARGETS}", dst)
@@ -196,7 +197,9 @@ def test_promotion_refused_when_the_data_failed_validation(project):
         r = _sh("medops promote fusion_seg", dst)
         assert "REFUSED" in r.stdout and "did not pass validation" in r.stdout
         assert "champion: none" in r.stdout
-        with pytest.raises(Exception):
+        from mlflow.exceptions import MlflowException
+
+        with pytest.raises(MlflowException, match="alias champion not found"):
             client.get_model_version_by_alias("fusion_seg", "champion")
         assert client.get_model_version("fusion_seg", "1").tags["promotion.decision"] == "refused"
     finally:
@@ -236,7 +239,7 @@ def test_predict_with_the_champion_and_refuse_bad_input(project, tmp_path):
     mask = read_image(out / "case_a_mask.png")
     assert mask.shape == (256, 256) and set(np.unique(mask)) <= {0, 255}
     # manifest input works too
-    r = _sh(f"medops predict --input {src / 'manifest.parquet'} --out {tmp_path / 'pred_all'}", dst)
+    r = _sh(f"medops predict --input {src / 'manifest.parquet'} --out {tmp_path / 'pred_all'}", dst)  # default model
     assert len(list((tmp_path / "pred_all").glob("case_*.json"))) == 24
     # bad input: a truncated MRI is refused with the reason, nothing predicted
     (case / "mri.png").write_bytes((case / "mri.png").read_bytes()[:100])
@@ -251,13 +254,14 @@ def test_changing_one_cell_reruns_only_that_cell(project):
     params = dst / "params.yaml"
     original = params.read_text()
     try:
-        params.write_text(original.replace("      concat: {fusion: concat}", "      concat: {fusion: concat, arch: fusion_seg}"))
+        edit_params(params, lambda p: p["ablation"]["fusion_seg"]["cells"]["concat"].update(arch="fusion_seg"))
         st = _sh("dvc status", dst).stdout
         changed = {ln.rstrip(":") for ln in st.splitlines() if ln and not ln.startswith((" ", "\t"))}
         assert {"ablate@concat-1", "ablate@concat-2", "ablate@concat-3"} <= changed
         assert not any(c.startswith(("ablate@mri", "ablate@tri_attention", "ablate@diverge", "train", "generate"))
                        for c in changed), changed
-        params.write_text(original.replace("seeds: [1, 2, 3]", "seeds: [1, 2, 3, 4]"))
+        params.write_text(original)
+        edit_params(params, lambda p: p["ablation"]["fusion_seg"].update(seeds=[1, 2, 3, 4]))
         st = _sh("dvc status", dst).stdout
         changed = {ln.rstrip(":") for ln in st.splitlines() if ln and not ln.startswith((" ", "\t"))}
         new = {c for c in changed if c.startswith("ablate@")}
@@ -280,7 +284,7 @@ def test_cli_train_killed_mid_run_then_resumed_matches_uninterrupted(project):
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)
     try:
-        params.write_text(original.replace("epochs: {smoke: 3,", "epochs: {smoke: 8,"))
+        edit_params(params, lambda p: p["fusion_seg"]["train"]["epochs"].update(smoke=8))
         _sh("medops train fusion_seg", dst)
         ref = pd.read_csv(dst / "models/fusion_seg/history.csv")
         assert len(ref) == 8
@@ -446,7 +450,7 @@ def test_failed_validation_stops_the_dag_before_preprocessing(project, tmp_path)
     original, params = mask.read_bytes(), (dst / "params.yaml").read_text()
     try:
         write_png(mask, np.zeros((256, 256), np.uint8))              # an empty mask
-        (dst / "params.yaml").write_text(params.replace("  retries: 2", "  retries: 0"))
+        edit_params(dst / "params.yaml", lambda p: p["orchestration"].update(retries=0))
         _airflow(dst, tmp_path, "airflow db migrate")
         r = _airflow(dst, tmp_path, "airflow dags test fusion_seg", check=False)
         states = _task_states(tmp_path, "fusion_seg")
@@ -457,7 +461,7 @@ def test_failed_validation_stops_the_dag_before_preprocessing(project, tmp_path)
     finally:
         mask.write_bytes(original)
         (dst / "params.yaml").write_text(params)
-        _sh("medops validate", dst)
+        _sh("medops validate --dataset breast-trimodal", dst)
 
 
 def test_kubeflow_pipeline_runs_with_the_local_runner(project, tmp_path):

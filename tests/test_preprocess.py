@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pandas as pd
 
-from medops.preprocess import preprocess_dataset
-from medops.preprocess.pipeline import normalise
+from medops.preprocess.breast_trimodal import preprocess_dataset
+from medops.preprocess.shards import normalise
 
 
 def test_shards_are_normalised_resized_and_registered(preprocessed, smoke_cfg):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, copy_project
+from conftest import ROOT, copy_project, edit_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 BIN = Path(sys.executable).parent
@@ -52,11 +52,14 @@ def _sh(cmd, cwd, env, check=True):
 @pytest.fixture(scope="module")
 def served_project(services, tmp_path_factory):
     """Smoke project (one ablation cell) run by `dvc repro` against the MLflow server, data pushed to S3."""
-    dst = copy_project(tmp_path_factory.mktemp("served") / "medops", cells="      tri_attention: {}")
-    params = (dst / "params.yaml").read_text()
-    params = params.replace("seeds: [1, 2, 3]", "seeds: [1]").replace("experiment_prefix: \"\"",
-                                                                        f"experiment_prefix: \"{dst.parent.name}-\"")
-    (dst / "params.yaml").write_text(params)
+    dst = copy_project(tmp_path_factory.mktemp("served") / "medops", cells={"tri_attention": {}})
+
+    def one_seed(p):
+        for abl in p["ablation"].values():
+            abl["seeds"] = [1]
+        p["tracking"]["experiment_prefix"] = f"{dst.parent.name}-"
+
+    edit_params(dst / "params.yaml", one_seed)
     s3 = services["MEDOPS_S3_ENDPOINT"]
     prefix = dst.parent.name
     from mlflow.tracking import MlflowClient

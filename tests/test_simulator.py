@@ -79,16 +79,17 @@ def test_mri_lesion_enhances_and_misregistration_is_recorded(dataset):
 
 
 def test_generate_writes_atomically_and_refuses_overwrite(tmp_path, smoke_cfg, monkeypatch):
-    from medops import stages
+    from medops.runs.generate import generate
     from medops.errors import DataError
 
     monkeypatch.chdir(tmp_path)
-    cfg = dataclasses.replace(smoke_cfg, generate=dataclasses.replace(smoke_cfg.generate, n_cases=4, workers=1))
+    cfg = dataclasses.replace(smoke_cfg, sections={**smoke_cfg.sections,
+                              "generate": dataclasses.replace(smoke_cfg.generate, n_cases=4, workers=1)})
     out = tmp_path / "data/raw/breast-trimodal"
-    stages.generate(cfg, "breast-trimodal", out)
+    generate(cfg, "breast-trimodal", out)
     before = (out / "manifest.parquet").read_bytes()
     try:
-        stages.generate(cfg, "breast-trimodal", out)
+        generate(cfg, "breast-trimodal", out)
         raise AssertionError("expected refusal")
     except DataError as exc:
         assert "no_overwrite" in str(exc) and "--force" in str(exc)

@@ -14,7 +14,9 @@ import pandas as pd
 import pytest
 import torch
 
-from medops.config import ClsPreprocessConfig, SplitConfig, ValidateConfig
+from conftest import ROOT
+from medops.config import SplitConfig, ValidateConfig, load_config
+from medops.families.transfer_cls.config import Classification2DPreprocessConfig
 from medops.data import rare_disease
 from medops.data.io import read_image
 from medops.errors import ConfigError, ValidationFailed
@@ -184,13 +186,13 @@ def test_bad_input_label_not_in_the_class_list(tmp_path):
 
 
 def test_bad_input_grayscale_image_is_converted_for_rgb_backbones_and_logged(tmp_path, caplog):
-    from medops.preprocess.classification import preprocess_classification
+    from medops.preprocess.classification_2d import preprocess_classification
 
     root = _user_tree(tmp_path / "u")
     cv2.imwrite(str(root / "benign" / "gray.png"), np.tile(np.arange(64, dtype=np.uint8), (64, 1)))
     validate_dataset(root, VCFG, tmp_path / "rep", progress=False)
     with caplog.at_level("WARNING"):
-        idx = preprocess_classification(root, tmp_path / "pre", ClsPreprocessConfig(image_size=32), progress=False)
+        idx = preprocess_classification(root, tmp_path / "pre", Classification2DPreprocessConfig(image_size=32), progress=False)
     stats = json.loads((tmp_path / "pre" / "preprocess.json").read_text())
     assert stats["converted_gray_to_rgb"] == 1 and int(idx.converted_gray.sum()) == 1
     assert "replicated to 3 channels" in caplog.text
@@ -199,18 +201,18 @@ def test_bad_input_grayscale_image_is_converted_for_rgb_backbones_and_logged(tmp
 
 
 def test_simulated_sets_pass_the_gate_and_preprocess_with_histogram_equalisation(sets, tmp_path):
-    from medops.preprocess.classification import preprocess_classification
+    from medops.preprocess.classification_2d import preprocess_classification
 
     for name, root in sets.items():
         s = validate_dataset(root, VCFG, tmp_path / name, progress=False)
-        assert s["task"] == "classification"
-    idx = preprocess_classification(sets["nf-mri"], tmp_path / "pre", ClsPreprocessConfig(image_size=48), progress=False)
+        assert s["labelled"] is True
+    idx = preprocess_classification(sets["nf-mri"], tmp_path / "pre", Classification2DPreprocessConfig(image_size=48), progress=False)
     x = np.load(tmp_path / "pre" / idx.shard.iloc[0])["image"].astype(np.float32)
     assert x.shape == (3, 48, 48) and 0 <= x.min() and x.max() <= 1
     assert x[:, :3, :3].max() == 0                           # background (outside the head) zeroed
     head = x[:, 16:32, 16:32]
     assert abs(float(np.median(head)) - 0.5) < 0.25         # foreground equalised: mid-grey median
-    again = preprocess_classification(sets["nf-mri"], tmp_path / "pre", ClsPreprocessConfig(image_size=48), progress=False)
+    again = preprocess_classification(sets["nf-mri"], tmp_path / "pre", Classification2DPreprocessConfig(image_size=48), progress=False)
     assert json.loads((tmp_path / "pre" / "preprocess.json").read_text())["computed"] == 0 and len(again) == len(idx)
 
 
@@ -255,31 +257,41 @@ def test_feature_extraction_freezes_the_backbone_and_its_batchnorm():
     assert any(p.requires_grad for p in net.head.parameters())
 
 
-def test_imagenet_weights_never_download_and_say_where_to_put_them(tmp_path, monkeypatch):
-    from medops.models import get_model
+def _family_build(model_kw: dict):
+    """Build a transfer_cls net with its starting weights the way training does (the family reads the files)."""
+    from medops.families import get_family
 
+    fcfg = load_config(ROOT / "params.yaml", profile="smoke").family("transfer_cls")
+    fam = get_family("transfer_cls")
+    return fam.build_model(fcfg, dataclasses.replace(fcfg.model, **model_kw), pd.DataFrame({"label_idx": [0, 1]}))
+
+
+def test_imagenet_weights_never_download_and_say_where_to_put_them(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(ConfigError) as exc:
-        get_model("transfer_cls", backbone="densenet201", num_classes=2, weights="imagenet")
+        _family_build({"backbone": "densenet201", "weights": "imagenet"})
     msg = str(exc.value)
     assert "not in the local torch cache" in msg and str(tmp_path) in msg and "weights: source" in msg
 
 
-def test_source_weights_load_the_pretrained_trunk_and_a_new_head(tmp_path):
+def test_source_weights_load_the_pretrained_trunk_and_a_new_head(tmp_path, monkeypatch):
     from medops.models import get_model
 
+    monkeypatch.chdir(tmp_path)
     src = get_model("transfer_cls", backbone="resnet50", num_classes=6)
-    torch.save({"model": src.state_dict()}, tmp_path / "best.pt")
-    net = get_model("transfer_cls", backbone="resnet50", num_classes=2, weights="source",
-                    source_checkpoint=str(tmp_path / "best.pt"))
-    assert torch.equal(net.trunk[0].weight, src.trunk[0].weight) and net.head[-1].out_features == 2
     with pytest.raises(ConfigError, match="--pretrain resnet50"):
-        get_model("transfer_cls", backbone="resnet50", num_classes=2, weights="source",
-                  source_checkpoint=str(tmp_path / "missing.pt"))
+        _family_build({"backbone": "resnet50", "weights": "source"})
+    ck = tmp_path / "models/transfer_cls/pretrained/resnet50/best.pt"
+    ck.parent.mkdir(parents=True)
+    torch.save({"model": src.state_dict()}, ck)
+    net = _family_build({"backbone": "resnet50", "weights": "source"})
+    assert torch.equal(net.trunk[0].weight, src.trunk[0].weight) and net.head[-1].out_features == 2
+    fresh = get_model("transfer_cls", backbone="resnet50", num_classes=2, weights="source")  # models/ reads no file
+    assert not torch.equal(fresh.trunk[0].weight, src.trunk[0].weight)
 
 
 def test_focal_loss_downweights_easy_cases_and_class_weights_favour_the_minority():
-    from medops.models.transfer_cls.task import ClassificationLoss, class_weights
+    from medops.tasks.classification import ClassificationLoss, class_weights
 
     w = class_weights([0] * 8 + [1] * 2, 2, "inverse_frequency")
     assert torch.allclose(w, torch.tensor([10 / 16, 10 / 4]))

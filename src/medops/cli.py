@@ -20,7 +20,10 @@ def _cfg():
     from medops.config import load_config
 
     if "cfg" not in _state:
-        _state["cfg"] = load_config(_state["params"])
+        try:
+            _state["cfg"] = load_config(_state["params"])
+        except MedopsError as exc:
+            _fail(exc)
     return _state["cfg"]
 
 
@@ -29,22 +32,40 @@ def _fail(exc: Exception, code: int = 2):
     raise typer.Exit(code)
 
 
+def _log_imports(path: str) -> None:
+    """At exit, append this command and the medops modules it imported to ``path`` (one JSON line):
+    what the DVC dependency check compares with each stage's ``deps``."""
+    import atexit
+    import sys
+
+    def write():
+        mods = sorted({Path(m.__file__).resolve().as_posix() for n, m in list(sys.modules.items())
+                       if n.split(".")[0] == "medops" and getattr(m, "__file__", None)})
+        with open(path, "a") as f:
+            f.write(json.dumps({"argv": sys.argv[1:], "modules": mods}) + "\n")
+
+    atexit.register(write)
+
+
 @app.callback()
 def main(params: Path = typer.Option(Path("params.yaml"), "--params", help="parameters file")):
+    import os
+
     _state["params"] = params
     _state.pop("cfg", None)
+    if os.environ.get("MEDOPS_IMPORTS_LOG"):
+        _log_imports(os.environ["MEDOPS_IMPORTS_LOG"])
 
 
 @app.command()
-def generate(dataset: str = typer.Argument(..., help="dataset to simulate: breast-trimodal, gaucher-ct, ocular-fundus, "
-                                                   "nf-mri or rare-source"),
+def generate(dataset: str = typer.Argument(..., help="dataset to simulate (see `medops families`)"),
              out: Optional[Path] = typer.Option(None, help="output folder (default data/raw/<dataset>)"),
              force: bool = typer.Option(False, help="replace an existing dataset folder")):
     """Simulate a dataset: images, manifest.parquet (patient-level split), truth, contact sheet."""
-    from medops import stages
+    from medops.runs.generate import generate as run
 
     try:
-        man = stages.generate(_cfg(), dataset, out or stages.data_dir(dataset), force=force)
+        man = run(_cfg(), dataset, out, force=force)
     except MedopsError as exc:
         _fail(exc)
     cases = man.drop_duplicates("case_id")
@@ -55,17 +76,16 @@ def generate(dataset: str = typer.Argument(..., help="dataset to simulate: breas
 
 
 @app.command()
-def validate(dataset: str = typer.Option("breast-trimodal", help="dataset name"),
+def validate(dataset: Optional[str] = typer.Option(None, help="dataset name (data/raw/<dataset>)"),
              data: Optional[Path] = typer.Option(None, help="data root (default data/raw/<dataset>)"),
              report: Optional[Path] = typer.Option(None, help="report folder (default reports/validation/<dataset>)")):
     """Validation gate (Great Expectations): non-zero exit and one line per failure."""
-    from medops import stages
-    from medops.validation import validate_dataset
+    from medops.runs.validate import validate as run
 
+    if dataset is None and data is None:
+        _fail(MedopsError("--dataset", "no dataset named", "pass --dataset <name> or --data <folder>"), 1)
     try:
-        cfg = _cfg()
-        s = validate_dataset(data or stages.data_dir(dataset), cfg.validate, report or stages.validation_dir(dataset),
-                             split_fractions=cfg.split.fractions, split_seed=cfg.split.seed)
+        s = run(_cfg(), dataset or data.name, data, report)
     except ValidationFailed as exc:
         for line in exc.lines:
             typer.echo(f"FAILED {line}", err=True)
@@ -78,38 +98,19 @@ def validate(dataset: str = typer.Option("breast-trimodal", help="dataset name")
 
 
 @app.command()
-def preprocess(dataset: str = typer.Option("breast-trimodal", help="dataset name")):
-    """Paper preprocessing into content-addressed shards (validated data only): paper 000 Table 2 for
-    segmentation, paper 002 section 3.2 (histogram equalisation, resize) for classification."""
-    from medops import stages
-    from medops.data.readers import dataset_info
-    from medops.preprocess import preprocess_dataset
-    from medops.preprocess.classification import preprocess_classification
-    from medops.validation import require_passed
+def preprocess(dataset: str = typer.Option(..., help="dataset name (data/raw/<dataset>, validated)")):
+    """The paper preprocessing of the dataset's family into content-addressed shards (validated data only)."""
+    from medops.runs.preprocess import preprocess as run
 
-    cfg = _cfg()
     try:
-        root, out = stages.data_dir(dataset), stages.preprocessed_dir(dataset)
-        require_passed(root, stages.validation_dir(dataset))
-        if dataset_info(root).get("task") == "classification":
-            idx = preprocess_classification(root, out, cfg.preprocess_cls, split_fractions=cfg.split.fractions,
-                                            split_seed=cfg.split.seed)
-        else:
-            idx = preprocess_dataset(root, out, cfg.preprocess)
+        _, msg = run(_cfg(), dataset)
     except MedopsError as exc:
         _fail(exc)
-    stats = json.loads((stages.preprocessed_dir(dataset) / "preprocess.json").read_text())
-    msg = f"preprocessed {len(idx)} cases ({stats['computed']} computed, {stats['cached']} from cache)"
-    if stats.get("converted_gray_to_rgb"):
-        msg += f"; {stats['converted_gray_to_rgb']} grayscale case(s) replicated to 3 channels for the RGB backbones"
-    if "reg_error_after_px" in stats:
-        msg += (f"; MRI->US registration error {stats['reg_error_before_px']:.2f} px -> "
-                f"{stats['reg_error_after_px']:.2f} px (mean)")
     typer.echo(msg)
 
 
 @app.command()
-def train(family: str = typer.Argument(..., help="model family, e.g. fusion_seg"),
+def train(family: str = typer.Argument(..., help="model family (see `medops families`)"),
           resume: bool = typer.Option(False, "--resume", help="continue from the last checkpoint"),
           cell: Optional[str] = typer.Option(None, help="ablation cell (params.yaml ablation.<family>.cells)"),
           seed: Optional[int] = typer.Option(None, help="seed of the ablation cell"),
@@ -118,7 +119,7 @@ def train(family: str = typer.Argument(..., help="model family, e.g. fusion_seg"
           pretrain: Optional[str] = typer.Option(None, "--pretrain", help="pretrain this backbone on the family's "
                                                  "source dataset (transfer families)")):
     """Train a family (or one ablation cell, or a source-domain pretraining) with the shared engine; logs to MLflow."""
-    from medops import stages
+    from medops.runs.train import train as run
 
     if nproc > 1:  # relaunch this same command under torchrun, one process per device
         import subprocess
@@ -131,8 +132,8 @@ def train(family: str = typer.Argument(..., help="model family, e.g. fusion_seg"
                "-m", "medops.cli", "--params", str(_state["params"]), *args]
         raise typer.Exit(subprocess.call(cmd))
     try:
-        info = stages.train(_cfg(), family, resume=resume, progress=True, cell=cell, seed=seed, force=force,
-                            pretrain=pretrain)
+        info = run(_cfg(), family, resume=resume, progress=True, cell=cell, seed=seed, force=force,
+                   pretrain=pretrain)
     except MedopsError as exc:
         _fail(exc)
     if "rank" in info:
@@ -149,45 +150,47 @@ def train(family: str = typer.Argument(..., help="model family, e.g. fusion_seg"
 
 
 @app.command()
-def evaluate(family: str = typer.Argument(..., help="model family, e.g. fusion_seg")):
-    """Evaluate on the test split: metrics, per-case CSV, predicted masks, figures, baseline."""
-    from medops import stages
+def evaluate(family: str = typer.Argument(..., help="model family (see `medops families`)")):
+    """Evaluate on the test split: metrics, per-case CSV, figures, baseline."""
+    from medops import layout
     from medops.families import get_family
+    from medops.runs.evaluate import evaluate as run
     from medops.tracking import ui_command
 
     try:
-        m = stages.evaluate(_cfg(), family)
+        m = run(_cfg(), family)
     except MedopsError as exc:
         _fail(exc)
     typer.echo(f"test set ({m['n_test_cases']} cases, profile {_cfg().profile}):")
-    typer.echo(get_family(family).format_table(m))
-    typer.echo(f"outputs: {stages.report_dir(family)}/ (metrics.json, per_case.csv, predictions/, figures/)")
+    typer.echo(get_family(family, _cfg()).format_table(m))
+    typer.echo(f"outputs: {layout.report_dir(family)}/ (metrics.json, per_case.csv, figures/)")
     typer.echo(f"MLflow UI: {ui_command('.', m['run'])}")
 
 
 @app.command()
-def report(family: str = typer.Argument(..., help="model family, e.g. fusion_seg")):
-    """Aggregate ablation cells: paper-shaped tables (mean ± 95 % CI), claims, loss and missing-modality tables."""
-    from medops import stages
+def report(family: str = typer.Argument(..., help="model family (see `medops families`)")):
+    """Aggregate ablation cells: paper-shaped tables (mean ± 95 % CI), claims, figures."""
+    from medops import layout
+    from medops.runs.report import report as run
 
     try:
-        s = stages.report(_cfg(), family)
+        s = run(_cfg(), family)
     except MedopsError as exc:
         _fail(exc)
-    out = stages.ablation_report_dir(family)
+    out = layout.ablation_report_dir(family)
     typer.echo((out / "report.md").read_text())
     typer.echo(f"{s['n_finished']}/{s['n_cells']} cells finished; report: {out}/report.md "
                f"(logged to MLflow parent run {s.get('parent_run_id')})")
 
 
 @app.command()
-def promote(family: str = typer.Argument(..., help="model family, e.g. fusion_seg"),
+def promote(family: str = typer.Argument(..., help="model family (see `medops families`)"),
             rollback: bool = typer.Option(False, "--rollback", help="restore the previous champion")):
     """Register the best cell as `challenger`; move `champion` only when every gate passes."""
-    from medops import stages
+    from medops.runs import promote as run
 
     try:
-        d = stages.rollback(_cfg(), family) if rollback else stages.promote(_cfg(), family)
+        d = run.rollback(_cfg(), family) if rollback else run.promote(_cfg(), family)
     except MedopsError as exc:
         _fail(exc)
     if d["action"] == "rolled_back":
@@ -203,24 +206,23 @@ def promote(family: str = typer.Argument(..., help="model family, e.g. fusion_se
 
 
 @app.command()
-def predict(model: str = typer.Option("models:/fusion_seg@champion", help="MLflow model URI"),
-            input: Path = typer.Option(..., "--input", help="segmentation: case folder (us/mg/mri images) or "
-                                       "manifest.parquet; classification: an image or a folder of images"),
+def predict(model: Optional[str] = typer.Option(None, help="MLflow model URI, e.g. models:/<family>@champion "
+                                               "(default: the champion of the first family in orchestration.families)"),
+            input: Path = typer.Option(..., "--input", help="what the model's family reads: a case folder or "
+                                       "manifest.parquet (multi-modal), an image or a folder of images"),
             out: Path = typer.Option(Path("predictions"), help="output folder"),
             threshold: float = typer.Option(0.5, help="probability threshold")):
-    """Segmentation: masks (PNG) + JSON per case. Classification: class probabilities + Grad-CAM heatmap
-    per image. The same preprocessing as training; refuses invalid input."""
-    from medops.predict import predict as run_predict
-    from medops.predict import predict_classification, task_of
+    """Predict with a registered model: its family's preprocessing, outputs (masks, probabilities,
+    Grad-CAM) and a JSON summary per case. Refuses invalid input."""
+    from medops.runs.predict import predict as run
 
+    if model is None:
+        fams = _cfg().raw.get("orchestration", {}).get("families") or []
+        if not fams:
+            _fail(MedopsError("--model", "no model named", "pass --model models:/<family>@champion"))
+        model = f"models:/{fams[0]}@champion"
     try:
-        if task_of(model) == "classification":
-            res = predict_classification(model, input, out, _cfg().preprocess_cls)
-            for r in res:
-                probs = ", ".join(f"{k} {v:.3f}" for k, v in r["probabilities"].items())
-                typer.echo(f"{r['case_id']}: {r['predicted']} ({probs}) -> {out / r['gradcam_png']}")
-            return
-        res = run_predict(model, input, out, _cfg().validate, _cfg().preprocess, threshold)
+        fam, res = run(_cfg(), model, input, out, threshold)
     except ValidationFailed as exc:
         for line in exc.lines:
             typer.echo(f"REFUSED {line}", err=True)
@@ -229,39 +231,49 @@ def predict(model: str = typer.Option("models:/fusion_seg@champion", help="MLflo
     except MedopsError as exc:
         _fail(exc)
     for r in res:
-        typer.echo(f"{r['case_id']}: tumour fraction {r['tumour_fraction']:.3f}, max p {r['max_probability']:.2f} "
-                   f"-> {out / r['mask_png']}")
+        typer.echo(fam.describe_prediction(r, out))
 
 
 @app.command()
-def show(family: str = typer.Argument(..., help="model family, e.g. fusion_seg")):
+def show(family: str = typer.Argument(..., help="model family (see `medops families`)")):
     """Print the last evaluation's test table and the command that opens its MLflow run."""
-    from medops import stages
+    from medops import layout
     from medops.families import get_family
     from medops.tracking import ui_command
 
     try:
-        format_table = get_family(family).format_table
+        format_table = get_family(family, _cfg()).format_table
     except MedopsError as exc:
         _fail(exc)
-    mpath = stages.report_dir(family) / "metrics.json"
+    mpath = layout.report_dir(family) / "metrics.json"
     if not mpath.exists():
         _fail(MedopsError(str(mpath), "evaluated: no metrics yet", f"run `dvc repro` or `medops evaluate {family}`"))
     m = json.loads(mpath.read_text())
-    run = json.loads((stages.model_dir(family) / "run.json").read_text())
+    run = json.loads((layout.model_dir(family) / "run.json").read_text())
     typer.echo(f"test set ({m['n_test_cases']} cases, profile {_cfg().profile}):")
     typer.echo(format_table(m))
-    rep = stages.ablation_report_dir(family) / "report.md"
+    rep = layout.ablation_report_dir(family) / "report.md"
     if rep.exists():
         text = rep.read_text()
         typer.echo("\n" + text.split("\n## Loss curve")[0].strip())
         typer.echo(f"(full ablation report: {rep})")
-    dec = stages.promotion_dir() / f"{family}.json"
+    dec = layout.promotion_file(family)
     if dec.exists():
         d = json.loads(dec.read_text())
         typer.echo(f"\nregistry: {family} champion = v{d.get('champion')}  (last decision: {d['action']} "
                    f"version {d.get('version', d.get('from'))}; {'; '.join(d.get('reasons', []))})")
     typer.echo(f"MLflow UI: {ui_command('.', run)}")
+
+
+@app.command()
+def families():
+    """List the registered model families with their datasets."""
+    from medops.families import get_family, list_families
+
+    _cfg()  # loads the plugin modules params.yaml names
+    for name in list_families():
+        fam = get_family(name)
+        typer.echo(f"{name}: datasets {list(fam.datasets) or '(your own)'}; selection {fam.selection}")
 
 
 @app.command()

@@ -7,6 +7,7 @@ A value written ``{smoke: a, quick: b, paper: c}`` is resolved by the top-level
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import fields, replace
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,6 @@ import yaml
 from medops.errors import ConfigError
 
 PROFILES = ("smoke", "quick", "paper")
-MODALITIES = ("us", "mg", "mri")
 
 
 def _resolve(value: Any, profile: str, where: str) -> Any:
@@ -31,6 +31,9 @@ def _resolve(value: Any, profile: str, where: str) -> Any:
 
 
 def _build(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"params.yaml:{where}", f"expected a mapping of keys, got {data!r}",
+                          f"write {where} as `key: value` lines")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
@@ -54,22 +57,6 @@ def _build(cls, data: dict, where: str):
 
 
 @dataclass(frozen=True)
-class GenerateConfig:
-    dataset: str = "breast-trimodal"
-    seed: int = 0
-    n_cases: int = 24
-    cases_per_patient_max: int = 2
-    us_size: int = 256
-    mg_size: int = 512
-    mri_size: int = 256
-    pixel_mm: float = 0.2
-    tumour_diameter_mm: tuple[float, float] = (6.0, 22.0)
-    mri_max_rotation_deg: float = 6.0
-    mri_max_shift_px: float = 8.0
-    workers: int = 1
-
-
-@dataclass(frozen=True)
 class SplitConfig:
     seed: int = 0
     fractions: dict = field(default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15})
@@ -81,40 +68,10 @@ class ValidateConfig:
     min_cases_per_class: int = 5          # classification: every class needs cases in train, val and test
 
 
-@dataclass(frozen=True)
-class PreprocessConfig:
-    image_size: int = 64
-    us_median_kernel: int = 5
-    mg_clahe_clip: float = 0.01
-    mg_clahe_kernel: int = 32
-    registration_iterations: int = 40
-    registration_shrink: tuple[int, ...] = (4, 2, 1)
-    workers: int = 1
 
 
-@dataclass(frozen=True)
-class ClsPreprocessConfig:
-    image_size: int = 64
-    equalize: str = "foreground"          # paper 002 section 3.2: histogram equalisation (foreground | global | none)
-    workers: int = 1
 
 
-@dataclass(frozen=True)
-class RareDiseaseConfig:
-    """Simulated classification datasets (paper 002 section 3.1): name -> {n_cases, prevalence}."""
-    seed: int = 0
-    size: int = 128
-    workers: int = 1
-    datasets: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    arch: str = "fusion_seg"
-    modalities: tuple[str, ...] = MODALITIES
-    fusion: str = "attention"
-    channels: tuple[int, ...] = (8, 16, 32)
-    residual_subunits: int = 2
 
 
 @dataclass(frozen=True)
@@ -135,12 +92,6 @@ class TrainConfig:
     early_stopping: int = 0               # stop after this many epochs without a better monitor value (0: off)
     focal_gamma: float = 2.0              # focal loss (classification)
     class_weights: str = "none"           # none | inverse_frequency (classification)
-
-
-@dataclass(frozen=True)
-class EvaluateConfig:
-    threshold: float = 0.5
-    baseline: str = "otsu"
 
 
 @dataclass(frozen=True)
@@ -207,61 +158,16 @@ class PromoteConfig:
     alpha: float = 0.05
 
 
-@dataclass(frozen=True)
-class FamilyConfig:
-    model: ModelConfig = ModelConfig()
-    train: TrainConfig = TrainConfig()
-    evaluate: EvaluateConfig = EvaluateConfig()
-    ablation: AblationConfig = AblationConfig()
-    promote: PromoteConfig = PromoteConfig()
 
 
-@dataclass(frozen=True)
-class ClsDataConfig:
-    dataset: str = "gaucher-ct"           # target dataset (small, imbalanced)
-    source: str = "rare-source"           # source domain for offline transfer (pretraining)
 
 
-@dataclass(frozen=True)
-class ClsModelConfig:
-    arch: str = "transfer_cls"
-    backbone: str = "densenet201"         # vgg16 | resnet50 | densenet201 | inception_v3
-    strategy: str = "fine_tune"           # fine_tune | feature_extraction
-    weights: str = "source"               # imagenet (local torch cache) | source (pretrained here) | none
-    dropout: float = 0.3
 
 
-@dataclass(frozen=True)
-class AugmentConfig:
-    rotation_deg: float = 15.0
-    zoom: float = 0.1
-    hflip: bool = True
 
 
-@dataclass(frozen=True)
-class PretrainConfig:
-    backbones: tuple[str, ...] = ("densenet201",)
-    epochs: int = 2
-    lr: float = 3e-4
-    batch_size: int = 32
 
 
-@dataclass(frozen=True)
-class ClsEvaluateConfig:
-    bootstrap: int = 1000                 # resamples for the CIs of the test metrics
-    gradcam_figure_cases: int = 6
-
-
-@dataclass(frozen=True)
-class ClsFamilyConfig:
-    data: ClsDataConfig = ClsDataConfig()
-    model: ClsModelConfig = ClsModelConfig()
-    train: TrainConfig = TrainConfig()
-    augment: AugmentConfig = AugmentConfig()
-    pretrain: PretrainConfig = PretrainConfig()
-    evaluate: ClsEvaluateConfig = ClsEvaluateConfig()
-    ablation: AblationConfig = AblationConfig()
-    promote: PromoteConfig = PromoteConfig()
 
 
 @dataclass(frozen=True)
@@ -271,66 +177,103 @@ class TrackingConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """The resolved parameters: shared sections, one config per registered family (``family(name)``)
+    and the top-level sections families own (``section(name)``, also readable as attributes,
+    e.g. ``cfg.preprocess``)."""
+
     profile: str
-    generate: GenerateConfig
     split: SplitConfig
     validate: ValidateConfig
-    preprocess: PreprocessConfig
-    families: dict[str, Any]
     tracking: TrackingConfig
+    families: dict[str, Any]
+    sections: dict[str, Any]
     raw: dict  # the resolved params, logged whole to MLflow
-    rare_disease: RareDiseaseConfig = RareDiseaseConfig()
-    preprocess_cls: ClsPreprocessConfig = ClsPreprocessConfig()
 
-    def family(self, name: str) -> FamilyConfig:
+    def family(self, name: str):
         if name not in self.families:
             raise ConfigError(f"family '{name}'", "not configured in params.yaml",
                               f"use one of {sorted(self.families)} or add a '{name}:' section")
         return self.families[name]
 
+    def section(self, name: str):
+        if name not in self.sections:
+            raise ConfigError(f"params.yaml:{name}", "no such section", f"use one of {sorted(self.sections)}")
+        return self.sections[name]
 
-FAMILY_CONFIGS = {"fusion_seg": FamilyConfig, "transfer_cls": ClsFamilyConfig}
-FAMILY_KEYS = tuple(FAMILY_CONFIGS)
+    def __getattr__(self, name: str):  # cfg.preprocess etc.: a section a family owns
+        sections = self.__dict__.get("sections", {})
+        if name in sections:
+            return sections[name]
+        raise AttributeError(name)
 
 
-def load_config(path: str | Path = "params.yaml", profile: str | None = None) -> Config:
-    """Read params.yaml once and build the frozen, profile-resolved config."""
-    path = Path(path)
+SHARED_SECTIONS = {"split": SplitConfig, "validate": ValidateConfig, "tracking": TrackingConfig}
+OTHER_KEYS = ("profile", "plugins", "ablation", "promote", "orchestration")
+
+
+def _read(path: Path) -> dict:
     if not path.exists():
         raise ConfigError(str(path), "parameters file not found", "run from the project root or pass --params")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), f"not valid YAML ({exc})", "fix the YAML syntax") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), "not a mapping of sections", "write `key: value` sections (see the README)")
+    return data
+
+
+def load_config(path: str | Path = "params.yaml", profile: str | None = None) -> Config:
+    """Read params.yaml once and build the frozen, profile-resolved config.
+
+    Each family section is built from the dataclasses its registered family declares
+    (``Family.config_class`` and ``Family.sections``); a key that nothing declares fails,
+    naming its path and the valid keys."""
+    from medops.families.base import family_classes, load_plugins
+
+    path = Path(path)
+    data = _read(path)
     profile = profile or data.get("profile", "quick")
     if profile not in PROFILES:
         raise ConfigError(f"{path}:profile", f"unknown profile '{profile}'", f"use one of {PROFILES}")
     resolved = {k: _resolve(v, profile, k) for k, v in data.items() if k != "profile"}
     resolved["profile"] = profile
+    load_plugins(resolved.get("plugins") or [])
+    classes = family_classes()
+    owned = {sec: (name, dc) for name, cls in classes.items() for sec, dc in cls.sections.items()}
+    known = set(SHARED_SECTIONS) | set(OTHER_KEYS) | set(classes) | set(owned)
+    unknown = sorted(set(resolved) - known)
+    if unknown:
+        raise ConfigError(f"{path}:{unknown[0]}", f"unknown top-level key(s) {unknown}", f"use only {sorted(known)}")
+    for group in ("ablation", "promote"):
+        bad = sorted(set(resolved.get(group) or {}) - set(classes))
+        if bad:
+            raise ConfigError(f"{path}:{group}.{bad[0]}", "not a registered family",
+                              f"use one of {sorted(classes)} (or add the family's plugin module under plugins:)")
     families = {}
-    for k in FAMILY_KEYS:
-        if k in resolved:
-            sec = dict(resolved[k])
-            sec["ablation"] = resolved.get("ablation", {}).get(k, {})
-            sec["promote"] = resolved.get("promote", {}).get(k, {})
-            families[k] = _build(FAMILY_CONFIGS[k], sec, k)
-            families[k].ablation.check(k)
-    for fam in families.values():
-        if not hasattr(fam.model, "modalities"):
+    for name, cls in classes.items():
+        if name not in resolved:
             continue
-        bad = set(fam.model.modalities) - set(MODALITIES)
-        if bad or not fam.model.modalities:
-            raise ConfigError("params.yaml:fusion_seg.model.modalities", f"unknown modality {sorted(bad)}",
-                              f"choose a non-empty subset of {MODALITIES}")
-    return Config(
-        profile=profile,
-        generate=_build(GenerateConfig, resolved.get("generate", {}), "generate"),
-        split=_build(SplitConfig, resolved.get("split", {}), "split"),
-        validate=_build(ValidateConfig, resolved.get("validate", {}), "validate"),
-        preprocess=_build(PreprocessConfig, resolved.get("preprocess", {}), "preprocess"),
-        families=families,
-        tracking=_build(TrackingConfig, resolved.get("tracking", {}), "tracking"),
-        raw=resolved,
-        rare_disease=_build(RareDiseaseConfig, resolved.get("rare_disease", {}), "rare_disease"),
-        preprocess_cls=_build(ClsPreprocessConfig, resolved.get("preprocess_cls", {}), "preprocess_cls"),
-    )
+        sec = dict(resolved[name] or {})
+        sec["ablation"] = (resolved.get("ablation") or {}).get(name, {})
+        sec["promote"] = (resolved.get("promote") or {}).get(name, {})
+        fcfg = _build(cls.config_class, sec, name)
+        fcfg.ablation.check(name)
+        cls(None).check_config(fcfg)
+        families[name] = fcfg
+    sections = {sec: _build(dc, resolved.get(sec) or {}, sec) for sec, (_, dc) in owned.items()}
+    shared = {sec: _build(dc, resolved.get(sec) or {}, sec) for sec, dc in SHARED_SECTIONS.items()}
+    return Config(profile=profile, families=families, sections=sections, raw=resolved, **shared)
+
+def from_logged_params(run_params: dict, default, section: str = "preprocess"):
+    """The preprocessing the model was trained with (``default``'s dataclass, read from the run's logged
+    ``<section>.<field>`` parameters; fields not logged keep ``default``'s value)."""
+    kw = {}
+    for f in fields(default):
+        v = run_params.get(f"{section}.{f.name}")
+        if v is None:
+            continue
+        cur = getattr(default, f.name)
+        kw[f.name] = tuple(int(x) for x in v.strip("()[]").split(",") if x.strip()) if isinstance(cur, tuple) \
+            else type(cur)(v)
+    return replace(default, **kw)

@@ -30,9 +30,14 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from medops.config import GenerateConfig, SplitConfig
+from medops.config import SplitConfig
 from medops.data.io import write_png
 from medops.data.splits import apply_split
+
+MODALITIES = ("us", "mg", "mri")  # the image modalities of every case (plus its mask)
+
+
+
 
 US_DYNAMIC_RANGE_DB = 50.0
 MG_MAX_COUNT = 4095  # 12-bit detector
@@ -166,7 +171,7 @@ def mri_to_us_matrix(rot_deg: float, tx: float, ty: float, n: int) -> np.ndarray
 
 
 # ---------------------------------------------------------------- one case
-def simulate_case(index: int, cfg: GenerateConfig, patient_index: int, visit: int):
+def simulate_case(index: int, cfg, patient_index: int, visit: int):
     """Simulate one case; deterministic in (cfg.seed, index)."""
     rng = np.random.default_rng([cfg.seed, index])
     prng = np.random.default_rng([cfg.seed, 10_000_000 + patient_index])  # same breast per patient
@@ -253,7 +258,7 @@ def simulate_case(index: int, cfg: GenerateConfig, patient_index: int, visit: in
     return truth, {"us": us8, "mg": mg16, "mri": mri16, "mask": (mask * 255).astype(np.uint8)}
 
 
-def _patient_plan(cfg: GenerateConfig) -> list[tuple[int, int]]:
+def _patient_plan(cfg) -> list[tuple[int, int]]:
     """(patient_index, visit) per case: some patients have a follow-up study."""
     rng = np.random.default_rng([cfg.seed, 1])
     plan, p = [], 0
@@ -279,7 +284,7 @@ def _write_case(args):
     return truth, rows
 
 
-def generate(cfg: GenerateConfig, split: SplitConfig, out: Path, progress: bool = True) -> pd.DataFrame:
+def generate(cfg, split: SplitConfig, out: Path, progress: bool = True) -> pd.DataFrame:
     """Write images, ``manifest.parquet`` and ``cases.parquet`` (truth) under ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

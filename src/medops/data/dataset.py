@@ -27,8 +27,8 @@ def load_split(pre_dir: str | Path, index: pd.DataFrame, split: str | None):
     return rows, torch.from_numpy(np.stack(imgs)), np.stack(masks)
 
 
-class ShardDataset(Dataset):
-    """Cases of one split: ``(image [3,S,S] float32, mask [1,S,S] float32, case_id)``."""
+class SegmentationShardDataset(Dataset):
+    """Segmentation cases of one split: ``(image [3,S,S] float32, mask [1,S,S] float32, case_id)``."""
 
     def __init__(self, pre_dir: str | Path, index: pd.DataFrame, split: str | None):
         rows, self.images, masks = load_split(pre_dir, index, split)     # float16, N,3,S,S

@@ -366,7 +366,7 @@ def generate(dataset: str, n_cases: int, prevalence: float, size: int, seed: int
     man = _stratified_split(man, split, seed)
     man.to_parquet(out / "manifest.parquet", index=False)
     (out / "dataset.json").write_text(json.dumps({
-        "dataset": dataset, "task": "classification", "classes": classes, "modality": spec["modality"],
+        "dataset": dataset, "classes": classes, "modality": spec["modality"],
         "positive_class": classes[1] if dataset in TARGETS else None, "size": size, "seed": seed,
         "n_cases": n_cases, "prevalence": prevalence}, indent=2))
     return man

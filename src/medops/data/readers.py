@@ -32,12 +32,12 @@ LAYOUT_FILES = {"manifest.parquet", "labels.csv", "dataset.json"}
 
 
 def dataset_info(root: str | Path) -> dict:
-    """``dataset.json`` if present (task, classes, ...), else what the layout implies."""
+    """``dataset.json`` if present (classes, ...), plus ``labelled``: whether the layout carries a
+    label per image (a class list, a ``labels.csv`` or one folder per class)."""
     root = Path(root)
     p = root / "dataset.json"
     info = json.loads(p.read_text()) if p.exists() else {}
-    if "task" not in info:
-        info["task"] = "classification" if (root / "labels.csv").exists() or _class_dirs(root) else "segmentation"
+    info["labelled"] = bool(info.get("classes")) or (root / "labels.csv").exists() or bool(_class_dirs(root))
     return info
 
 

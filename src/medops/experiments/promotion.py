@@ -16,11 +16,10 @@ class Gate:
     reason: str
 
 
-def select_candidate(cells: pd.DataFrame, by: str | None = None) -> pd.Series:
+def select_candidate(cells: pd.DataFrame, by: str = "selection") -> pd.Series:
     """Best cell by the mean of its finished seeds' validation score (``selection``: the family's
     validation metric at the best epoch, e.g. DSC or AUC), then its best seed: the test split is
     never used to choose."""
-    by = by or ("selection" if "selection" in cells else "best_val_dice")
     ok = cells[(cells.status == "finished") & (cells.run_id.astype(str) != "")]
     ok = ok[ok[by].notna()]
     if ok.empty:

@@ -1,3 +1,3 @@
-"""Paper preprocessing (Table 2) with a content-addressed shard cache."""
+"""Paper preprocessing per dataset kind into content-addressed shards (see shards.py for the index)."""
 
-from medops.preprocess.pipeline import load_index, preprocess_dataset  # noqa: F401
+from medops.preprocess.shards import load_index  # noqa: F401

@@ -1,6 +1,7 @@
-"""MLflow tracking: the only module that imports mlflow."""
+"""MLflow tracking: the only package that imports mlflow."""
 
 from medops.tracking.mlflow_run import (  # noqa: F401
-    MlflowLogger, ablation_parent_run, dataset_version, end_run, git_commit, log_artifact, log_artifacts_to, log_model, log_params_and_config, parent_of,
-    start_or_resume_run, tracking_uri, ui_command,
+    MlflowLogger, ablation_parent_run, dataset_version, end_run, git_commit, log_artifact, log_artifacts_to, log_metrics,
+    log_model, log_params_and_config, parent_of, start_or_resume_run, tracking_uri, ui_command, write_run_file,
 )
+from medops.tracking.models import ModelRef, resolve_model  # noqa: F401

@@ -199,6 +199,13 @@ def log_model(model, input_example, name: str = "model"):
     return info.model_uri
 
 
+def log_metrics(metrics: dict) -> None:
+    """Log finite numeric metrics to the active run."""
+    import mlflow
+
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and v == v})
+
+
 def end_run(status: str = "FINISHED", reason: str | None = None) -> None:
     import mlflow
 

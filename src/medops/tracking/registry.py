@@ -20,9 +20,9 @@ def run_tags(run_id: str) -> dict:
     return _client().get_run(run_id).data.tags
 
 
-def ensure_model_logged(run_id: str, model, input_example, checkpoint: Path | None = None) -> str:
-    """Log the model into ``run_id`` once (and ``checkpoint`` as ``checkpoint/best.pt``, which
-    explanations need: they rebuild the network by name); later calls return the same model URI."""
+def ensure_model_logged(run_id: str, model, input_example, files: list[tuple[Path, str]] = ()) -> str:
+    """Log the model into ``run_id`` once (and ``files`` as ``(path, artifact folder)``, e.g. the
+    checkpoint explanations need to rebuild the network by name); later calls return the same URI."""
     import mlflow
 
     from medops.tracking.mlflow_run import log_model
@@ -33,8 +33,8 @@ def ensure_model_logged(run_id: str, model, input_example, checkpoint: Path | No
         return uri
     with mlflow.start_run(run_id=run_id):
         uri = log_model(model, input_example)
-        if checkpoint is not None:
-            mlflow.log_artifact(str(checkpoint), "checkpoint")
+        for path, folder in files:
+            mlflow.log_artifact(str(path), folder)
         mlflow.set_tag("model_uri", uri)
     return uri
 

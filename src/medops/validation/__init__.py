@@ -1,3 +1,3 @@
 """Validation gate: Great Expectations suites as code over manifest and image statistics."""
 
-from medops.validation.gate import require_passed, validate_dataset  # noqa: F401
+from medops.validation.gate import DatasetSpec, require_passed, validate_dataset  # noqa: F401

@@ -14,8 +14,9 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -25,15 +26,15 @@ from medops.config import ValidateConfig
 from medops.data.io import file_sha256, read_image, resolve_inside
 from medops.errors import DataError, ValidationFailed
 
-# expected geometry per modality of the breast-trimodal dataset
+# expected geometry per modality of a fixed-geometry multi-modal dataset (the breast-trimodal layout)
 MODALITY_SPEC = {
     "us": {"shape": (256, 256), "dtypes": ["uint8"], "max": 255},
     "mg": {"shape": (512, 512), "dtypes": ["uint16"], "max": 4095},
     "mri": {"shape": (256, 256), "dtypes": ["uint16"], "max": 65535},
     "mask": {"shape": (256, 256), "dtypes": ["uint8"], "max": 255},
 }
-# classification datasets (folder / CSV / simulated): sizes vary, so a minimum size instead of a shape
-CLS_MODALITY_SPEC = {
+# labelled image datasets (folder / CSV / simulated): sizes vary, so a minimum size instead of a shape
+LABELLED_MODALITY_SPEC = {
     "image": {"min_size": 32, "dtypes": ["uint8", "uint16", "int16", "float32"], "max": None},
     "t1": {"min_size": 32, "dtypes": ["uint8", "uint16"], "max": None},
     "t2": {"min_size": 32, "dtypes": ["uint8", "uint16"], "max": None},
@@ -42,6 +43,44 @@ CLS_MODALITY_SPEC = {
 }
 SPLITS = ["train", "val", "test"]
 MANIFEST_COLUMNS = ["case_id", "patient_id", "modality", "path", "split"]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """The gate's rules for one kind of dataset; a family supplies it (``Family.validation_spec``).
+
+    ``modalities``: modality -> {"shape": (h, w)} or {"min_size": n}, plus "dtypes" and "max".
+    ``required``: modalities every case needs (a tuple, or a function of the modalities a case has).
+    ``labelled``: each image carries a label from the class list; every class needs enough cases.
+    ``mask_not_empty``: every mask outlines something (segmentation truth), up to ``max_mask_fraction``.
+    ``present_only``: check only the modalities that occur in the manifest.
+    """
+
+    modalities: dict = field(default_factory=lambda: dict(MODALITY_SPEC))
+    required: tuple | Callable = tuple(MODALITY_SPEC)
+    labelled: bool = False
+    mask_not_empty: bool = True
+    present_only: bool = False
+
+    def needs(self, present: list[str]) -> set[str]:
+        return set(self.required(present) if callable(self.required) else self.required)
+
+
+def _required_labelled(mods: list[str]) -> set[str]:
+    """A labelled case needs one 'image' file, or all of T1/T2/FLAIR."""
+    return {"t1", "t2", "flair"} if set(mods) & {"t1", "t2", "flair"} else {"image"}
+
+
+FIXED_GEOMETRY = DatasetSpec()
+LABELLED_IMAGES = DatasetSpec(modalities=LABELLED_MODALITY_SPEC, required=_required_labelled, labelled=True,
+                              mask_not_empty=False, present_only=True)
+
+
+def spec_for_layout(root: Path) -> DatasetSpec:
+    """The rules a dataset's layout implies when its family gives none."""
+    from medops.data.readers import dataset_info
+
+    return LABELLED_IMAGES if dataset_info(root)["labelled"] else FIXED_GEOMETRY
 
 
 @dataclass(frozen=True)
@@ -99,14 +138,8 @@ def _image_stats(root: Path, row) -> dict:
     return out
 
 
-def _required_cls(mods: list[str]) -> set[str]:
-    """A classification case needs one 'image' file, or all of T1/T2/FLAIR."""
-    return {"t1", "t2", "flair"} if set(mods) & {"t1", "t2", "flair"} else {"image"}
-
-
-def build_tables(root: Path, manifest: pd.DataFrame, progress: bool = True,
-                 required: tuple[str, ...] = tuple(MODALITY_SPEC), classes: list[str] | None = None,
-                 min_per_class: int = 1) -> dict[str, pd.DataFrame]:
+def build_tables(root: Path, manifest: pd.DataFrame, progress: bool = True, spec: DatasetSpec = FIXED_GEOMETRY,
+                 classes: list[str] | None = None, min_per_class: int = 1) -> dict[str, pd.DataFrame]:
     cols = MANIFEST_COLUMNS + (["label"] if classes is not None else [])
     missing = [c for c in cols if c not in manifest.columns]
     if missing:
@@ -120,10 +153,9 @@ def build_tables(root: Path, manifest: pd.DataFrame, progress: bool = True,
     if classes is not None:
         images["label"] = images["label"].astype(str)
     present = images.groupby("case_id")["modality"].apply(lambda s: sorted(set(s)))
-    need = (lambda m: _required_cls(m)) if classes is not None else (lambda m: set(required))
     cases = pd.DataFrame({
         "case_id": present.index,
-        "missing": [",".join(sorted(need(m) - set(m))) for m in present],
+        "missing": [",".join(sorted(spec.needs(m) - set(m))) for m in present],
     })
     pats = images.groupby("patient_id")["split"].apply(lambda s: ",".join(sorted(set(map(str, s)))))
     patients = pd.DataFrame({"patient_id": pats.index, "splits": pats.values,
@@ -139,7 +171,7 @@ def build_tables(root: Path, manifest: pd.DataFrame, progress: bool = True,
     return tables
 
 
-def _suites(cfg: ValidateConfig, spec: dict = MODALITY_SPEC, meta: dict | None = None):
+def _suites(cfg: ValidateConfig, spec: dict = MODALITY_SPEC, meta: dict | None = None, mask_not_empty: bool = True):
     """Expectation suites as code: {table: [(rule, expectation), ...]}."""
     import great_expectations.expectations as gxe
 
@@ -172,7 +204,7 @@ def _suites(cfg: ValidateConfig, spec: dict = MODALITY_SPEC, meta: dict | None =
         if mspec["max"] is not None:
             s += [("intensity_range", gxe.ExpectColumnValuesToBeBetween(column="min", min_value=0)),
                   ("intensity_range", gxe.ExpectColumnValuesToBeBetween(column="max", max_value=mspec["max"]))]
-        if mod == "mask" and meta is not None:
+        if mod == "mask" and not mask_not_empty:
             s += [("mask_binary", gxe.ExpectColumnValuesToBeInSet(column="mask_binary", value_set=[True]))]
         elif mod == "mask":
             s += [
@@ -196,7 +228,7 @@ def _frames(tables: dict[str, pd.DataFrame], spec: dict = MODALITY_SPEC) -> dict
 
 
 def run_suites(tables: dict[str, pd.DataFrame], cfg: ValidateConfig, docs_dir: Path,
-               spec: dict = MODALITY_SPEC) -> list[str]:
+               spec: dict = MODALITY_SPEC, mask_not_empty: bool = True) -> list[str]:
     """Run every suite through a GX checkpoint; build Data Docs into ``docs_dir``."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
@@ -214,7 +246,7 @@ def run_suites(tables: dict[str, pd.DataFrame], cfg: ValidateConfig, docs_dir: P
         source = ctx.data_sources.add_pandas("medops")
         failures: list[str] = []
         frames = _frames(tables, spec)
-        for table, exps in _suites(cfg, spec, tables.get("meta")).items():
+        for table, exps in _suites(cfg, spec, tables.get("meta"), mask_not_empty).items():
             df = frames[table]
             if df.empty:
                 continue
@@ -280,50 +312,44 @@ def manifest_digest(root: Path, manifest: pd.DataFrame | None = None) -> str:
 
 
 def validate_dataset(root: str | Path, cfg: ValidateConfig, report_dir: str | Path, progress: bool = True,
-                     required: tuple[str, ...] = tuple(MODALITY_SPEC), manifest: pd.DataFrame | None = None,
+                     spec: DatasetSpec | None = None, manifest: pd.DataFrame | None = None,
                      split_fractions: dict | None = None, split_seed: int = 0) -> dict:
     """Validate the dataset under ``root``; write the report; raise on any failure.
 
-    The layout decides the rules: a segmentation dataset (``manifest.parquet`` of
-    breast-trimodal) gets fixed shapes per modality; a classification dataset
-    (``dataset.json`` task classification, a ``labels.csv`` or one folder per class) gets
-    minimum sizes, a known label per image and enough cases per class.
-    ``required``: the modalities every segmentation case must have (prediction inputs need no mask).
+    ``spec`` (from the dataset's family; default: what the layout implies) decides the rules:
+    fixed shapes per modality and non-empty masks (e.g. ``manifest.parquet`` of breast-trimodal), or
+    minimum sizes, a known label per image and enough cases per class (``dataset.json`` with classes,
+    a ``labels.csv`` or one folder per class).
     ``manifest``: validate this table instead of the one read from ``root`` (nothing is written under root).
     """
     from medops.data.readers import class_list, dataset_info, load_manifest
 
     root, report_dir = Path(root), Path(report_dir)
-    info = dataset_info(root)
-    classification = info.get("task") == "classification"
+    spec = spec or spec_for_layout(root)
     if manifest is None:
-        if not classification and not (root / "manifest.parquet").exists():
+        if not spec.labelled and not (root / "manifest.parquet").exists():
             raise DataError(str(root / "manifest.parquet"), "manifest_exists: no manifest",
                             "run `medops generate` or write a manifest.parquet")
         manifest = load_manifest(root, split_fractions, split_seed)
-    if classification:
-        classes = class_list(info, manifest)
-        tables = build_tables(root, manifest, progress=progress, classes=classes,
-                              min_per_class=cfg.min_cases_per_class)
-        spec = {m: v for m, v in CLS_MODALITY_SPEC.items() if m in set(manifest.modality)}
-    else:
-        tables = build_tables(root, manifest, progress=progress, required=required)
-        spec = MODALITY_SPEC
+    classes = class_list(dataset_info(root), manifest) if spec.labelled else None
+    tables = build_tables(root, manifest, progress=progress, spec=spec, classes=classes,
+                          min_per_class=cfg.min_cases_per_class)
+    mods = {m: v for m, v in spec.modalities.items() if not spec.present_only or m in set(manifest.modality)}
     report_dir.mkdir(parents=True, exist_ok=True)
-    failures = run_suites(tables, cfg, report_dir / "data_docs", spec)
+    failures = run_suites(tables, cfg, report_dir / "data_docs", mods, spec.mask_not_empty)
     tables["images"].to_csv(report_dir / "image_stats.csv", index=False)
     summary = {
         "status": "failed" if failures else "passed",
         "dataset": str(root),
-        "task": "classification" if classification else "segmentation",
-        "manifest_sha256": manifest_digest(root, manifest) if (root / "manifest.parquet").exists() or classification
+        "labelled": spec.labelled,
+        "manifest_sha256": manifest_digest(root, manifest) if (root / "manifest.parquet").exists() or spec.labelled
         else "in-memory",
         "n_images": int(len(manifest)),
         "n_cases": int(manifest["case_id"].nunique()),
         "failures": failures,
         "data_docs": str(report_dir / "data_docs" / "index.html"),
     }
-    if classification:
+    if classes is not None:
         summary["classes"] = tables["meta"]["classes"]
         summary["class_counts"] = dict(zip(tables["classes"].label, map(int, tables["classes"].n_cases)))
     (report_dir / "summary.json").write_text(json.dumps(summary, indent=2))

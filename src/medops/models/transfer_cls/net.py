@@ -5,9 +5,8 @@ Inception-v3, taken by name; the head (global average pooling, dropout, linear) 
 from the trunk's output channels, measured with a dummy forward pass — never hard-coded.
 Strategies (paper 002 section 3.4): ``fine_tune`` trains every layer; ``feature_extraction``
 freezes the trunk (weights and batch-norm statistics) and trains the head only.
-Weights: ``imagenet`` (torchvision weights, only from the local torch cache — no download at
-run time), ``source`` (a checkpoint of the same backbone pretrained on the simulated source
-domain by ``medops train transfer_cls --pretrain <backbone>``), or ``none`` (from scratch).
+Weights are handed in (this module reads no files): ``load_imagenet(state)`` takes torchvision's
+ImageNet state dict, ``load_trunk(state)`` a source-domain checkpoint of the same backbone.
 Inputs are images in [0, 1]; ImageNet normalisation happens inside the model, so exported
 models take what the preprocessing writes.
 """
@@ -15,7 +14,6 @@ models take what the preprocessing writes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -67,21 +65,6 @@ STRATEGIES = ("fine_tune", "feature_extraction")
 WEIGHTS = ("imagenet", "source", "none")
 
 
-def imagenet_cache_file(backbone: str) -> Path:
-    """Where torch keeps the ImageNet checkpoint of ``backbone`` (torch.hub cache)."""
-    w = torchvision.models.get_weight(BACKBONES[backbone].weights)
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(w.url).name
-
-
-def _imagenet_state(backbone: str) -> dict:
-    path = imagenet_cache_file(backbone)
-    if not path.exists():
-        raise ConfigError(f"weights 'imagenet' for {backbone}",
-                          f"ImageNet weights are not in the local torch cache ({path}); medops never downloads at run time",
-                          f"on a machine with network run `python -c \"import torchvision; torchvision.models.get_weight("
-                          f"'{BACKBONES[backbone].weights}').get_state_dict()\"` and copy {path.name} into "
-                          f"{path.parent}, or use weights: source (offline transfer from the simulated source domain)")
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 class TransferClassifier(nn.Module):
@@ -126,8 +109,8 @@ class TransferClassifier(nn.Module):
         self.__dict__["_full"] = full
         self.set_strategy(strategy)
 
-    def load_imagenet(self) -> None:
-        state = _imagenet_state(self.backbone_name)
+    def load_imagenet(self, state: dict) -> None:
+        """Load torchvision's ImageNet state dict of this backbone (read by the caller) into the trunk."""
         missing, _ = self._full.load_state_dict(state, strict=False)
         bad = [k for k in missing if not k.startswith(("fc.", "classifier.", "AuxLogits."))]
         if bad:
@@ -164,17 +147,10 @@ class TransferClassifier(nn.Module):
 
 @register_model("transfer_cls")
 def build_transfer_cls(*, backbone: str, num_classes: int, strategy: str = "fine_tune", weights: str = "none",
-                       dropout: float = 0.3, source_checkpoint: str | None = None) -> TransferClassifier:
-    """Build the classifier and load its starting weights (see module docstring)."""
+                       dropout: float = 0.3) -> TransferClassifier:
+    """Build the classifier with fresh weights. ``weights`` (imagenet | source | none) names the starting
+    weights the caller loads afterwards (:meth:`TransferClassifier.load_imagenet` / ``load_trunk``):
+    this module reads no files."""
     if weights not in WEIGHTS:
         raise ConfigError(f"weights '{weights}'", "unknown weights", f"use one of {list(WEIGHTS)}")
-    net = TransferClassifier(backbone, num_classes, strategy, dropout)
-    if weights == "imagenet":
-        net.load_imagenet()
-    elif weights == "source":
-        if not source_checkpoint or not Path(source_checkpoint).exists():
-            raise ConfigError(f"weights 'source' for {backbone}",
-                              f"no source-domain checkpoint at {source_checkpoint}",
-                              f"run `medops train transfer_cls --pretrain {backbone}` (dvc repro pretrain) first")
-        net.load_trunk(torch.load(source_checkpoint, map_location="cpu", weights_only=True)["model"])
-    return net
+    return TransferClassifier(backbone, num_classes, strategy, dropout)

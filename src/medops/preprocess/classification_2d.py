@@ -25,10 +25,9 @@ import numpy as np
 import pandas as pd
 from skimage import exposure
 
-from medops.config import ClsPreprocessConfig
 from medops.data.io import file_sha256, resolve_inside
 from medops.data.readers import case_stack, class_list, dataset_info, load_manifest
-from medops.preprocess.pipeline import normalise, run_jobs
+from medops.preprocess.shards import normalise, run_jobs
 
 PREPROCESS_VERSION = "cls-1"
 log = logging.getLogger("medops.preprocess")
@@ -45,7 +44,7 @@ def foreground(chans: list[np.ndarray]) -> np.ndarray:
     return m > threshold_otsu(m) if m.max() > m.min() else np.ones(m.shape, bool)
 
 
-def preprocess_image(stack: np.ndarray, mask: np.ndarray | None, cfg: ClsPreprocessConfig):
+def preprocess_image(stack: np.ndarray, mask: np.ndarray | None, cfg):
     """(C, H, W) stored values -> ((3, S, S) float32 in [0, 1], (S, S) uint8 mask or None, converted_gray).
 
     ``equalize``: ``foreground`` equalises the histogram of the foreground only and zeroes the
@@ -74,7 +73,7 @@ def preprocess_image(stack: np.ndarray, mask: np.ndarray | None, cfg: ClsPreproc
     return np.stack(chans).astype(np.float32), m, converted
 
 
-def _key(files: list[Path], label: str, cfg: ClsPreprocessConfig) -> str:
+def _key(files: list[Path], label: str, cfg) -> str:
     h = hashlib.sha256()
     h.update(PREPROCESS_VERSION.encode())
     h.update(json.dumps(asdict(cfg), sort_keys=True).encode())
@@ -95,7 +94,7 @@ def _work(args):
     return converted
 
 
-def preprocess_classification(root: str | Path, out: str | Path, cfg: ClsPreprocessConfig, *,
+def preprocess_classification(root: str | Path, out: str | Path, cfg, *,
                               split_fractions: dict | None = None, split_seed: int = 0,
                               progress: bool = True) -> pd.DataFrame:
     root, out = Path(root), Path(out)
@@ -122,7 +121,7 @@ def preprocess_classification(root: str | Path, out: str | Path, cfg: ClsPreproc
     if n_gray:
         log.warning("%d grayscale case(s) replicated to 3 channels for the RGB backbones", n_gray)
     stats = {"n_cases": int(len(index)), "computed": len(todo), "cached": int(len(index) - len(todo)),
-             "image_size": cfg.image_size, "task": "classification", "classes": classes,
+             "image_size": cfg.image_size, "classes": classes,
              "class_counts": {c: int((index.label == c).sum()) for c in classes},
              "split_counts": {s: {c: int(((index.split == s) & (index.label == c)).sum()) for c in classes}
                               for s in ("train", "val", "test")},

@@ -1,4 +1,4 @@
-"""`medops report` for classification families: paper 002 Table 1 shaped tables (mean ± 95 % CI
+"""`medops report transfer_cls`: paper 002 Table 1 shaped tables (mean ± 95 % CI
 over seeds, the paper's numbers beside ours), Grad-CAM localisation per backbone, and each claim
 of the paper tested by a one-sided paired bootstrap of test AUC (probabilities averaged over seeds)."""
 
@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from medops.config import AblationConfig
-from medops.experiments.references import CLAIMS_002, PAPER_002, TABLE_TITLES_002
-from medops.experiments.report import _cell_for, _fmt, bar_chart, collect, gaps_section
-from medops.experiments.report import factor_tables as shared_factor_tables
+from medops.experiments.ablation import bar_chart, cell_for, collect, fmt, gaps_section
+from medops.experiments.ablation import factor_tables as shared_factor_tables
+from medops.families.transfer_cls.references import CLAIMS_002, PAPER_002, TABLE_TITLES_002
 from medops.metrics.classification import paired_auc_test
 
 METRICS = ("accuracy", "precision", "recall", "f1", "auc", "energy_in_mask", "pointing_hit", "mask_fraction")
@@ -40,7 +39,7 @@ def claims(abl: AblationConfig, cases: dict, alpha: float) -> pd.DataFrame:
     for claim, factor, better, worse in CLAIMS_002:
         if factor not in abl.factors:
             continue
-        ca, cb = _cell_for(abl, factor, better), _cell_for(abl, factor, worse)
+        ca, cb = cell_for(abl, factor, better), cell_for(abl, factor, worse)
         row = {"claim": claim, "better": better, "worse": worse}
         if ca not in cases or cb not in cases:
             rows.append({**row, "verdict": "not testable (cell not run, missing or failed)"})
@@ -61,14 +60,14 @@ def _md_table(t: pd.DataFrame) -> str:
     for r in t.itertuples():
         paper = " / ".join("—" if getattr(r, f"paper_{m}") != getattr(r, f"paper_{m}")
                            else f"{100 * getattr(r, f'paper_{m}'):.1f}" for m in PAPER_METRICS)
-        cells = [_fmt(getattr(r, f"{m}_mean"), getattr(r, f"{m}_ci95")) for m in PAPER_METRICS]
-        loc = f"{_fmt(r.energy_in_mask_mean, r.energy_in_mask_ci95)} ({_fmt(r.mask_fraction_mean, float('nan'))})"
+        cells = [fmt(getattr(r, f"{m}_mean"), getattr(r, f"{m}_ci95")) for m in PAPER_METRICS]
+        loc = f"{fmt(r.energy_in_mask_mean, r.energy_in_mask_ci95)} ({fmt(r.mask_fraction_mean, float('nan'))})"
         lines.append(f"| {r.level} | {r.cell} | {r.seeds_ok} | " + " | ".join(cells)
-                     + f" | {loc} | {_fmt(r.pointing_hit_mean, r.pointing_hit_ci95)} | {paper} |")
+                     + f" | {loc} | {fmt(r.pointing_hit_mean, r.pointing_hit_ci95)} | {paper} |")
     return "\n".join(lines)
 
 
-def build_cls_report(cells_root: Path, abl: AblationConfig, out: Path, *, alpha: float = 0.05, profile: str = "") -> dict:
+def build_report(cells_root: Path, abl: AblationConfig, out: Path, *, alpha: float = 0.05, profile: str = "") -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(exist_ok=True)
     cells = collect(cells_root, abl, METRICS)

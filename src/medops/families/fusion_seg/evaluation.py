@@ -10,17 +10,17 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from medops.config import MODALITIES as IMAGE_MODALITIES
-from medops.data.dataset import ShardDataset
+from medops.data.breast_trimodal import MODALITIES as IMAGE_MODALITIES
+from medops.data.dataset import SegmentationShardDataset
 from medops.data.io import write_png
-from medops.evaluation.baseline import POLARITY, otsu_segment
+from medops.families.fusion_seg.baseline import POLARITY, otsu_segment
 from medops.evaluation.figures import loss_curves, overlay_grid
 from medops.metrics import SEG_METRICS, segmentation_metrics
 
 
 
 @torch.no_grad()
-def predict(net, ds: ShardDataset, batch_size: int = 16, threshold: float = 0.5, device="cpu"):
+def predict(net, ds: SegmentationShardDataset, batch_size: int = 16, threshold: float = 0.5, device="cpu"):
     net.eval().to(device)
     preds = []
     for x, _, _ in DataLoader(ds, batch_size=batch_size):
@@ -45,7 +45,7 @@ def evaluate_segmentation(net, pre_dir: Path, index: pd.DataFrame, out: Path, *,
     """
     out.mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(exist_ok=True)
-    ds = ShardDataset(pre_dir, index, "test")
+    ds = SegmentationShardDataset(pre_dir, index, "test")
     pred = predict(net, ds, threshold=threshold)
     truth = ds.masks
     m = segmentation_metrics(pred, truth)
@@ -94,7 +94,7 @@ def evaluate_conditions(net, pre_dir: Path, index: pd.DataFrame, out: Path, *, m
                         threshold: float = 0.5) -> dict:
     """Test-split metrics per case for the full input and, for multi-modal models, with each
     modality removed (its channel zeroed) at test time. Writes ``out/per_case.csv``."""
-    ds = ShardDataset(pre_dir, index, "test")
+    ds = SegmentationShardDataset(pre_dir, index, "test")
     conditions = {"full": None}
     if len(modalities) > 1:
         conditions.update({f"minus_{m}": IMAGE_MODALITIES.index(m) for m in modalities})

@@ -1,4 +1,4 @@
-"""Training hooks for segmentation families (used by the shared Trainer)."""
+"""Training hooks for segmentation (used by the shared Trainer)."""
 
 from __future__ import annotations
 

@@ -6,30 +6,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from medops.config import AblationConfig
-from medops.experiments.references import CLAIMS_000, PAPER_000, TABLE_TITLES
+from medops.experiments import ablation
+from medops.experiments.ablation import baseline_cell, bar_chart, cell_for, fmt, gaps_section
 from medops.experiments.stats import mean_ci, paired_test
+from medops.families.fusion_seg.references import CLAIMS_000, PAPER_000, TABLE_TITLES
 
 METRICS = ("dsc", "iou", "sensitivity", "specificity")
-
-
-def collect(cells_root: Path, abl: AblationConfig, metrics: tuple = METRICS) -> pd.DataFrame:
-    """One row per (cell, seed): status, reason, validation score (``selection``) and test metrics, run id."""
-    rows = []
-    for cell in abl.cells:
-        for seed in abl.seeds:
-            d = cells_root / cell / f"seed{seed}"
-            st = json.loads((d / "status.json").read_text()) if (d / "status.json").exists() else {"status": "missing"}
-            run = json.loads((d / "run.json").read_text()) if (d / "run.json").exists() else {}
-            rows.append({"cell": cell, "seed": seed, "status": st["status"], "reason": st.get("reason", ""),
-                         "best_val_dice": st.get("best_val_dice", np.nan),
-                         "selection": st.get("selection_score", st.get("best_val_dice", np.nan)),
-                         "run_id": run.get("run_id", ""),
-                         **{f"test_{m}": st.get("test", {}).get(m, np.nan) for m in metrics}})
-    return pd.DataFrame(rows)
 
 
 def per_case(cells_root: Path, abl: AblationConfig, cells: pd.DataFrame, condition: str = "full") -> dict:
@@ -40,47 +25,6 @@ def per_case(cells_root: Path, abl: AblationConfig, cells: pd.DataFrame, conditi
         frames = [f[f.condition == condition].set_index("case_id").dsc for f in frames]
         out[cell] = pd.concat(frames, axis=1).mean(axis=1)
     return out
-
-
-def _cell_for(abl: AblationConfig, factor: str, level: str) -> str | None:
-    target = {**abl.baseline, factor: level}
-    for cell in abl.cells:
-        if abl.levels(cell) == target:
-            return cell
-    return None
-
-
-def _baseline_cell(abl: AblationConfig) -> str | None:
-    return _cell_for(abl, next(iter(abl.factors)), abl.baseline[next(iter(abl.factors))])
-
-
-def _fmt(mean, half, scale=100.0, digits=1):
-    if mean != mean:
-        return "—"
-    return (f"{mean * scale:.{digits}f} ± {half * scale:.{digits}f}" if half == half
-            else f"{mean * scale:.{digits}f}")
-
-
-def factor_tables(abl: AblationConfig, cells: pd.DataFrame, metrics: tuple = METRICS, paper: dict = PAPER_000,
-                  paper_metrics: tuple = METRICS) -> dict[str, pd.DataFrame]:
-    """One table per factor: each level's cell, seeds finished, mean ± 95 % CI of every test metric over
-    seeds, and the paper's numbers (``paper[factor][level]``, in %, in the order of ``paper_metrics``)."""
-    tables = {}
-    for factor, levels in abl.factors.items():
-        rows = []
-        for level in levels:
-            cell = _cell_for(abl, factor, level)
-            g = cells[(cells.cell == cell) & (cells.status == "finished")] if cell else cells.iloc[0:0]
-            n_all = int((cells.cell == cell).sum()) if cell else 0
-            row = {"level": level, "cell": cell or "(not run)", "seeds_ok": f"{len(g)}/{n_all}"}
-            for m in metrics:
-                row[f"{m}_mean"], row[f"{m}_ci95"] = mean_ci(g[f"test_{m}"])
-            ref = paper.get(factor, {}).get(level)
-            for m, v in zip(paper_metrics, ref or (np.nan,) * len(paper_metrics)):
-                row[f"paper_{m}"] = v / 100 if v == v else np.nan
-            rows.append(row)
-        tables[factor] = pd.DataFrame(rows)
-    return tables
 
 
 def claims(abl: AblationConfig, cells: pd.DataFrame, cases: dict, tables: dict, alpha: float) -> pd.DataFrame:
@@ -96,8 +40,8 @@ def claims(abl: AblationConfig, cells: pd.DataFrame, cases: dict, tables: dict, 
                 if not opts:
                     return None, level
                 lv = max(opts, key=lambda x: t.loc[x, "dsc_mean"])
-                return _cell_for(abl, factor, lv), lv
-            return _cell_for(abl, factor, level), level
+                return cell_for(abl, factor, lv), lv
+            return cell_for(abl, factor, level), level
 
         (ca, la), (cb, lb) = resolve(better), resolve(worse)
         row = {"claim": claim, "better": la, "worse": lb}
@@ -112,7 +56,7 @@ def claims(abl: AblationConfig, cells: pd.DataFrame, cases: dict, tables: dict, 
 
 
 def loss_table(cells_root: Path, abl: AblationConfig, cells: pd.DataFrame) -> pd.DataFrame:
-    base = _baseline_cell(abl)
+    base = baseline_cell(abl)
     ok = cells[(cells.cell == base) & (cells.status == "finished")]
     hists = [pd.read_csv(cells_root / base / f"seed{s}" / "history.csv") for s in ok.seed]
     rows = []
@@ -127,7 +71,7 @@ def loss_table(cells_root: Path, abl: AblationConfig, cells: pd.DataFrame) -> pd
 
 
 def missing_modality_table(cells_root: Path, abl: AblationConfig, cells: pd.DataFrame) -> pd.DataFrame:
-    base = _baseline_cell(abl)
+    base = baseline_cell(abl)
     ok = cells[(cells.cell == base) & (cells.status == "finished")]
     per_seed = [pd.read_csv(cells_root / base / f"seed{s}" / "per_case.csv").groupby("condition").dsc.mean()
                 for s in ok.seed]
@@ -138,59 +82,23 @@ def missing_modality_table(cells_root: Path, abl: AblationConfig, cells: pd.Data
     return pd.DataFrame(rows).sort_values("condition", key=lambda s: s != "full")
 
 
-def bar_chart(table: pd.DataFrame, title: str, out: Path, metrics: tuple = ("dsc",), ylabel: str = "test DSC") -> None:
-    """Grouped bars per level (mean ± 95 % CI over seeds) for ``metrics``; the paper's values as diamonds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(table)), 3.6))
-    x = np.arange(len(table))
-    w = 0.8 / len(metrics)
-    for i, (m, colour) in enumerate(zip(metrics, ("tab:blue", "tab:orange", "tab:green"))):
-        off = x + (i - (len(metrics) - 1) / 2) * w
-        name = m.upper() if len(m) <= 3 else m
-        ax.bar(off, table[f"{m}_mean"], w, yerr=table[f"{m}_ci95"].fillna(0), capsize=4, color=colour,
-               label=f"ours {name} (mean ± 95 % CI)")
-        if f"paper_{m}" in table and table[f"paper_{m}"].notna().any():
-            ax.scatter(off, table[f"paper_{m}"], marker="D", color="tab:red", zorder=3, label=f"paper {name}")
-    ax.set_xticks(x, table.level, rotation=15)
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 1.05)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=6, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-
-
 def _md_table(table: pd.DataFrame) -> str:
     head = "| level | cell | seeds ok | DSC % | IoU % | Sens % | Spec % | paper DSC / IoU / Sens / Spec % |\n|---|---|---|---|---|---|---|---|"
     lines = [head]
     for r in table.itertuples():
         paper = " / ".join("—" if getattr(r, f"paper_{m}") != getattr(r, f"paper_{m}") else f"{100 * getattr(r, f'paper_{m}'):.1f}" for m in METRICS)
         lines.append(f"| {r.level} | {r.cell} | {r.seeds_ok} | " + " | ".join(
-            _fmt(getattr(r, f"{m}_mean"), getattr(r, f"{m}_ci95")) for m in METRICS) + f" | {paper} |")
+            fmt(getattr(r, f"{m}_mean"), getattr(r, f"{m}_ci95")) for m in METRICS) + f" | {paper} |")
     return "\n".join(lines)
-
-
-def gaps_section(cells: pd.DataFrame) -> list[str]:
-    """Report lines listing the failed or missing (cell, seed) runs with their reasons (none: no lines)."""
-    failed = cells[cells.status != "finished"]
-    if not len(failed):
-        return []
-    return ["", "## Gaps (failed or missing cells)", "", "| cell | seed | status | reason |", "|---|---|---|---|",
-            *(f"| {r.cell} | {r.seed} | {r.status} | {r.reason} |" for r in failed.itertuples())]
 
 
 def build_report(cells_root: Path, abl: AblationConfig, out: Path, *, alpha: float = 0.05, profile: str = "") -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(exist_ok=True)
-    cells = collect(cells_root, abl)
+    cells = ablation.collect(cells_root, abl, METRICS, extra=("best_val_dice",))
     cells.to_csv(out / "cells.csv", index=False)
     cases = per_case(cells_root, abl, cells)
-    tables = factor_tables(abl, cells)
+    tables = ablation.factor_tables(abl, cells, METRICS, PAPER_000, METRICS)
     cl = claims(abl, cells, cases, tables, alpha)
     cl.to_csv(out / "claims.csv", index=False)
     lt = loss_table(cells_root, abl, cells)
@@ -216,11 +124,11 @@ def build_report(cells_root: Path, abl: AblationConfig, out: Path, *, alpha: flo
     md += ["", "## Loss curve (paper 000, Table 8), baseline cell", "",
            "| paper epoch | our epoch | train loss | val loss | paper train | paper val |", "|---|---|---|---|---|---|"]
     for r in lt.itertuples():
-        md.append(f"| {r.paper_epoch} | {r.our_epoch} | {_fmt(r.train_loss_mean, r.train_loss_ci95, 1, 3)} | "
-                  f"{_fmt(r.val_loss_mean, r.val_loss_ci95, 1, 3)} | {r.paper_train_loss} | {r.paper_val_loss} |")
+        md.append(f"| {r.paper_epoch} | {r.our_epoch} | {fmt(r.train_loss_mean, r.train_loss_ci95, 1, 3)} | "
+                  f"{fmt(r.val_loss_mean, r.val_loss_ci95, 1, 3)} | {r.paper_train_loss} | {r.paper_val_loss} |")
     md += ["", "## Missing modality at test time (baseline cell)", "", "| condition | DSC % |", "|---|---|"]
     for r in mm.itertuples():
-        md.append(f"| {r.condition} | {_fmt(r.dsc_mean, r.dsc_ci95)} |")
+        md.append(f"| {r.condition} | {fmt(r.dsc_mean, r.dsc_ci95)} |")
     md += gaps_section(cells)
     (out / "report.md").write_text("\n".join(md) + "\n")
     summary = {"n_cells": int(len(cells)), "n_finished": int((cells.status == "finished").sum()),

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,27 +19,21 @@ import cv2
 import numpy as np
 import pandas as pd
 from skimage import exposure
-from tqdm import tqdm
 
-from medops.config import MODALITIES as IMAGE_MODALITIES
-from medops.config import PreprocessConfig
+from medops.data.breast_trimodal import MODALITIES as IMAGE_MODALITIES
 from medops.data.io import file_sha256, read_image, resolve_inside
 from medops.errors import DataError
+from medops.preprocess.shards import normalise, run_jobs
 from medops.preprocess.registration import euler_matrix, mean_displacement, register_rigid
+
+
+
+
 
 PREPROCESS_VERSION = "1"
 
 
-def normalise(img: np.ndarray, lo_pct: float = 0.5, hi_pct: float = 99.5) -> np.ndarray:
-    """Scale intensities to [0, 1] between robust percentiles."""
-    a = img.astype(np.float32)
-    lo, hi = np.percentile(a, [lo_pct, hi_pct])
-    if hi <= lo:
-        return np.zeros_like(a)
-    return np.clip((a - lo) / (hi - lo), 0, 1)
-
-
-def preprocess_case(images: dict[str, np.ndarray], mask: np.ndarray | None, cfg: PreprocessConfig):
+def preprocess_case(images: dict[str, np.ndarray], mask: np.ndarray | None, cfg):
     """Return (stack [3,S,S] float32 in [0,1], mask [S,S] uint8 or None, registration params)."""
     ref = images["us"].shape
     us = cv2.medianBlur(images["us"].astype(np.uint8), cfg.us_median_kernel) if images["us"].dtype == np.uint8 \
@@ -63,7 +56,7 @@ def preprocess_case(images: dict[str, np.ndarray], mask: np.ndarray | None, cfg:
     return stack.astype(np.float32), m, params
 
 
-def _cache_key(hashes: list[str], cfg: PreprocessConfig) -> str:
+def _cache_key(hashes: list[str], cfg) -> str:
     h = hashlib.sha256()
     h.update(PREPROCESS_VERSION.encode())
     h.update(json.dumps(asdict(cfg), sort_keys=True, default=list).encode())
@@ -87,15 +80,9 @@ def _work(args):
     return case_id
 
 
-def run_jobs(fn, jobs: list, workers: int, progress: bool, chunksize: int = 2, desc: str = "preprocess") -> list:
-    """Run ``fn`` over ``jobs`` in ``workers`` processes (in this process when 1), with a progress bar."""
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(workers) as ex:
-            return list(tqdm(ex.map(fn, jobs, chunksize=chunksize), total=len(jobs), desc=desc, disable=not progress))
-    return [fn(j) for j in tqdm(jobs, desc=desc, disable=not progress)]
 
 
-def preprocess_dataset(root: str | Path, out: str | Path, cfg: PreprocessConfig, progress: bool = True) -> pd.DataFrame:
+def preprocess_dataset(root: str | Path, out: str | Path, cfg, progress: bool = True) -> pd.DataFrame:
     """Preprocess every case of the manifest into ``out/shards``; write ``out/index.parquet``."""
     root, out = Path(root), Path(out)
     manifest = pd.read_parquet(root / "manifest.parquet")
@@ -143,10 +130,3 @@ def _add_registration_error(index: pd.DataFrame, root: Path, out: Path, manifest
         before.append(mean_displacement(np.eye(3), true_f2m, n))
         after.append(mean_displacement(est, true_f2m, n))
     return index.assign(reg_error_before_px=before, reg_error_after_px=after)
-
-
-def load_index(out: str | Path) -> pd.DataFrame:
-    path = Path(out) / "index.parquet"
-    if not path.exists():
-        raise DataError(str(path), "preprocessed: no index", "run `medops preprocess` first")
-    return pd.read_parquet(path)

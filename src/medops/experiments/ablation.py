@@ -1,0 +1,107 @@
+"""Generic ablation aggregation, shared by every family's report: collect the cells' status files,
+one table per factor (mean ± 95 % CI over seeds beside the paper's numbers), bar charts with error
+bars, and the gaps (failed or missing cells)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medops.config import AblationConfig
+from medops.experiments.stats import mean_ci
+
+def collect(cells_root: Path, abl: AblationConfig, metrics: tuple, extra: tuple = ()) -> pd.DataFrame:
+    """One row per (cell, seed): status, reason, validation score (``selection``), test metrics, run id
+    (and the ``extra`` keys of each cell's status.json)."""
+    rows = []
+    for cell in abl.cells:
+        for seed in abl.seeds:
+            d = cells_root / cell / f"seed{seed}"
+            st = json.loads((d / "status.json").read_text()) if (d / "status.json").exists() else {"status": "missing"}
+            run = json.loads((d / "run.json").read_text()) if (d / "run.json").exists() else {}
+            rows.append({"cell": cell, "seed": seed, "status": st["status"], "reason": st.get("reason", ""),
+                         **{k: st.get(k, np.nan) for k in extra},
+                         "selection": st.get("selection_score", np.nan),
+                         "run_id": run.get("run_id", ""),
+                         **{f"test_{m}": st.get("test", {}).get(m, np.nan) for m in metrics}})
+    return pd.DataFrame(rows)
+
+
+def cell_for(abl: AblationConfig, factor: str, level: str) -> str | None:
+    target = {**abl.baseline, factor: level}
+    for cell in abl.cells:
+        if abl.levels(cell) == target:
+            return cell
+    return None
+
+
+def baseline_cell(abl: AblationConfig) -> str | None:
+    return cell_for(abl, next(iter(abl.factors)), abl.baseline[next(iter(abl.factors))])
+
+
+def fmt(mean, half, scale=100.0, digits=1):
+    if mean != mean:
+        return "—"
+    return (f"{mean * scale:.{digits}f} ± {half * scale:.{digits}f}" if half == half
+            else f"{mean * scale:.{digits}f}")
+
+
+def factor_tables(abl: AblationConfig, cells: pd.DataFrame, metrics: tuple, paper: dict,
+                  paper_metrics: tuple) -> dict[str, pd.DataFrame]:
+    """One table per factor: each level's cell, seeds finished, mean ± 95 % CI of every test metric over
+    seeds, and the paper's numbers (``paper[factor][level]``, in %, in the order of ``paper_metrics``)."""
+    tables = {}
+    for factor, levels in abl.factors.items():
+        rows = []
+        for level in levels:
+            cell = cell_for(abl, factor, level)
+            g = cells[(cells.cell == cell) & (cells.status == "finished")] if cell else cells.iloc[0:0]
+            n_all = int((cells.cell == cell).sum()) if cell else 0
+            row = {"level": level, "cell": cell or "(not run)", "seeds_ok": f"{len(g)}/{n_all}"}
+            for m in metrics:
+                row[f"{m}_mean"], row[f"{m}_ci95"] = mean_ci(g[f"test_{m}"])
+            ref = paper.get(factor, {}).get(level)
+            for m, v in zip(paper_metrics, ref or (np.nan,) * len(paper_metrics)):
+                row[f"paper_{m}"] = v / 100 if v == v else np.nan
+            rows.append(row)
+        tables[factor] = pd.DataFrame(rows)
+    return tables
+
+
+def bar_chart(table: pd.DataFrame, title: str, out: Path, metrics: tuple = ("dsc",), ylabel: str = "test DSC") -> None:
+    """Grouped bars per level (mean ± 95 % CI over seeds) for ``metrics``; the paper's values as diamonds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(table)), 3.6))
+    x = np.arange(len(table))
+    w = 0.8 / len(metrics)
+    for i, (m, colour) in enumerate(zip(metrics, ("tab:blue", "tab:orange", "tab:green"))):
+        off = x + (i - (len(metrics) - 1) / 2) * w
+        name = m.upper() if len(m) <= 3 else m
+        ax.bar(off, table[f"{m}_mean"], w, yerr=table[f"{m}_ci95"].fillna(0), capsize=4, color=colour,
+               label=f"ours {name} (mean ± 95 % CI)")
+        if f"paper_{m}" in table and table[f"paper_{m}"].notna().any():
+            ax.scatter(off, table[f"paper_{m}"], marker="D", color="tab:red", zorder=3, label=f"paper {name}")
+    ax.set_xticks(x, table.level, rotation=15)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
+def gaps_section(cells: pd.DataFrame) -> list[str]:
+    """Report lines listing the failed or missing (cell, seed) runs with their reasons (none: no lines)."""
+    failed = cells[cells.status != "finished"]
+    if not len(failed):
+        return []
+    return ["", "## Gaps (failed or missing cells)", "", "| cell | seed | status | reason |", "|---|---|---|---|",
+            *(f"| {r.cell} | {r.seed} | {r.status} | {r.reason} |" for r in failed.itertuples())]

@@ -1,0 +1,63 @@
+"""Configuration of the `fusion_seg` family (paper 000): its simulator (`generate:`), preprocessing
+(`preprocess:`), model, training and evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from medops.config import AblationConfig, PromoteConfig, TrainConfig
+
+
+@dataclass(frozen=True)
+class BreastTrimodalConfig:
+    """params.yaml `generate:` — the tri-modal breast simulator (paper 000 Table 1)."""
+    dataset: str = "breast-trimodal"
+    seed: int = 0
+    n_cases: int = 24
+    cases_per_patient_max: int = 2
+    us_size: int = 256
+    mg_size: int = 512
+    mri_size: int = 256
+    pixel_mm: float = 0.2
+    tumour_diameter_mm: tuple[float, float] = (6.0, 22.0)
+    mri_max_rotation_deg: float = 6.0
+    mri_max_shift_px: float = 8.0
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class BreastPreprocessConfig:
+    """params.yaml `preprocess:` — paper 000 Table 2 for the tri-modal breast data."""
+    image_size: int = 64
+    us_median_kernel: int = 5
+    mg_clahe_clip: float = 0.01
+    mg_clahe_kernel: int = 32
+    registration_iterations: int = 40
+    registration_shrink: tuple[int, ...] = (4, 2, 1)
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class FusionSegModelConfig:
+    """`fusion_seg.model`: a registered segmentation model and its fields."""
+    arch: str = "fusion_seg"
+    modalities: tuple[str, ...] = ("us", "mg", "mri")
+    fusion: str = "attention"
+    channels: tuple[int, ...] = (8, 16, 32)
+    residual_subunits: int = 2
+
+
+@dataclass(frozen=True)
+class FusionSegEvaluateConfig:
+    threshold: float = 0.5
+    baseline: str = "otsu"
+
+
+@dataclass(frozen=True)
+class FusionSegConfig:
+    """params.yaml `fusion_seg:` (+ `ablation.fusion_seg`, `promote.fusion_seg`)."""
+    model: FusionSegModelConfig = FusionSegModelConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: FusionSegEvaluateConfig = FusionSegEvaluateConfig()
+    ablation: AblationConfig = AblationConfig()
+    promote: PromoteConfig = PromoteConfig()

@@ -1,0 +1,188 @@
+"""`medops train <family>`: the main model, one ablation cell (``--cell --seed``) or a pretraining
+(``--pretrain``), trained by the shared engine with the family's hooks and tracked in MLflow.
+
+A cell also evaluates itself on the test split (the family's ``evaluate_cell``). A cell that fails
+(e.g. non-finite loss) is marked FAILED in MLflow and in its ``status.json`` and returns normally,
+so the other cells go on. Re-running a finished run with the same inputs does nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+
+import pandas as pd
+
+from medops import layout
+from medops.families import get_family
+
+
+def _fingerprint(p, index: pd.DataFrame) -> str:
+    """What a training run depends on: model and training config, its kind (main, cell, pretraining),
+    the exact preprocessed cases, and the family's extra inputs (e.g. the source checkpoint)."""
+    payload = json.dumps({"model": asdict(p.model_cfg), "train": asdict(p.train_cfg),
+                          "cell": None if p.kind == "main" else p.kind, "extra": p.extra_inputs,
+                          "cases": sorted(zip(index.case_id, index.split, index.shard))}, sort_keys=True, default=list)
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def _already_done(p, fingerprint: str) -> dict | None:
+    """The finished run with the same inputs, if there is one (so re-running a task changes nothing)."""
+    out = p.out
+    run_file, marker = out / "run.json", out / ("train_metrics.json" if p.kind == "main" else "status.json")
+    if not (run_file.exists() and marker.exists()):
+        return None
+    done = json.loads(marker.read_text())
+    if done.get("fingerprint") != fingerprint or (done.get("status", "finished") == "finished"
+                                                   and not (out / "best.pt").exists()):
+        return None
+    return {**json.loads(run_file.read_text()), "skipped": True, "status": done.get("status", "finished"),
+            "reason": done.get("reason", "")}
+
+
+def _tags(cfg, fam, p, validation: dict, index, train_ds, task) -> dict:
+    from medops import tracking
+
+    fcfg = cfg.family(fam.name)
+    cell = None if p.kind == "main" or p.kind.startswith("pretrain:") else p.kind
+    return {"family": fam.name, "profile": cfg.profile, "git_commit": tracking.git_commit(),
+            "dataset": p.dataset, "dataset_version": tracking.dataset_version(layout.data_dir(p.dataset)),
+            "validation": validation["status"], "validation_manifest_sha256": validation["manifest_sha256"],
+            "cell": cell or ("pretrain" if p.kind.startswith("pretrain:") else "main"), "seed": p.train_cfg.seed,
+            **{f"factor.{k}": v for k, v in (fcfg.ablation.levels(cell) if cell else {}).items()},
+            **fam.run_tags(index, train_ds, task)}
+
+
+def _run_name(family: str, p) -> str:
+    if p.kind == "main":
+        return f"{family}/main"
+    if p.kind.startswith("pretrain:"):
+        return f"{family}/pretrain/{p.kind.split(':', 1)[1]}"
+    return f"{family}/{p.kind}/seed{p.train_cfg.seed}"
+
+
+def _summarise(task, fam, history: list[dict], best: dict, train_cfg, fingerprint: str) -> dict:
+    best_rec = next((h for h in history if h["epoch"] == best["epoch"]), history[-1])
+    return {"best_epoch": best["epoch"], f"best_{task.monitor}": best[task.monitor],
+            "selection_score": best_rec.get(fam.selection, float("nan")), "selection_metric": fam.selection,
+            "epochs": len(history), "early_stopped": len(history) < train_cfg.epochs,
+            "final_train_loss": history[-1]["train_loss"], "final_val_loss": history[-1]["val_loss"],
+            "fingerprint": fingerprint}
+
+
+def _finish(cfg, fam, p, net, val_ds, pre, index, info: dict, train_metrics: dict) -> None:
+    """After training: the family's extra artifacts, then what this kind of run leaves behind
+    (a registered-ready model for the main run, the test evaluation for a cell)."""
+    from medops import tracking
+
+    out = p.out
+    (out / "train_metrics.json").write_text(json.dumps(train_metrics, indent=2))
+    for path, folder in fam.after_training(net, val_ds, out):
+        tracking.log_artifact(path, folder)
+    tracking.log_artifact(out / "history.csv", "training")
+    if p.kind.startswith("pretrain:"):
+        (out / "status.json").write_text(json.dumps({"status": "finished", **train_metrics}, indent=2))
+    elif p.kind == "main":
+        import torch
+
+        info["model_uri"] = tracking.log_model(torch.nn.Sequential(net, fam.activation()),
+                                               val_ds.images[:1].float().numpy())
+        for path, folder in fam.model_files(out):
+            tracking.log_artifact(path, folder)
+    else:
+        fcfg = cfg.family(fam.name)
+        test = fam.evaluate_cell(net, pre, index, out, fcfg=fcfg, model_cfg=p.model_cfg)
+        tracking.log_metrics({f"test_{k}": v for k, v in test["full"].items()})
+        tracking.log_artifact(out / "per_case.csv", "evaluation")
+        if (out / "figures").exists():
+            tracking.log_artifact(out / "figures", "figures")
+        (out / "status.json").write_text(json.dumps({"status": "finished", **train_metrics, "dataset": p.dataset,
+                                                     "test": test["full"]}, indent=2))
+
+
+def _fail_cell(p, run_id: str, exc: Exception, fingerprint: str) -> dict:
+    (p.out / "status.json").write_text(json.dumps({"status": "failed", "reason": str(exc),
+                                                   "fingerprint": fingerprint}, indent=2))
+    for stale in ("best.pt", "last.pt"):
+        (p.out / stale).unlink(missing_ok=True)
+    return {"run_id": run_id, "status": "failed", "reason": str(exc)}
+
+
+def train(cfg, family: str, *, resume: bool = False, progress: bool = True, cell: str | None = None,
+          seed: int | None = None, force: bool = False, pretrain: str | None = None) -> dict:
+    """Train ``family``'s main model, ablation ``cell`` with ``seed``, or pretraining ``pretrain``."""
+    from medops.engine import Trainer, seed_everything
+    from medops.engine.distributed import init_distributed, shutdown
+    from medops.preprocess import load_index
+    from medops.validation import require_passed
+
+    fam, fcfg = get_family(family, cfg), cfg.family(family)
+    if cell is not None:
+        fcfg.ablation.levels(cell)  # an unknown cell fails here, naming the cells
+    dinfo = init_distributed()  # one process unless launched by torchrun (medops train --nproc N)
+    p = fam.prepare(fcfg, cell=cell, seed=seed, pretrain=pretrain, layout=layout)
+    validation = require_passed(layout.data_dir(p.dataset), layout.validation_dir(p.dataset))
+    pre = layout.preprocessed_dir(p.dataset)
+    index = load_index(pre)
+    fingerprint = _fingerprint(p, index)
+    if not resume and not force and dinfo.main:
+        done = _already_done(p, fingerprint)
+        if done is not None:
+            return done
+    train_ds, val_ds = fam.training_datasets(fcfg, pre, index)
+    seed_everything(p.train_cfg.seed)  # the initial weights are part of the run's seed
+    net = fam.build_model(fcfg, p.model_cfg, index)
+    task = fam.task(net, p.train_cfg, train_ds)
+    if not dinfo.main:  # ranks > 0 train their shard; rank 0 owns tracking, checkpoints and evaluation
+        try:
+            Trainer(task, p.train_cfg, p.out, logger=None, progress=False).fit(train_ds, val_ds, resume=resume)
+        finally:
+            shutdown()
+        return {"rank": dinfo.rank}
+    tags = _tags(cfg, fam, p, validation, index, train_ds, task)
+    return _tracked_fit(cfg, fam, p, dict(net=net, task=task, train_ds=train_ds, val_ds=val_ds, pre=pre,
+                                          index=index), tags, fingerprint, resume, progress, dinfo.world)
+
+
+def _tracked_fit(cfg, fam, p, w: dict, tags: dict, fingerprint: str, resume: bool, progress: bool, world: int):
+    from medops import tracking
+    from medops.engine import Trainer, load_checkpoint
+    from medops.engine.distributed import shutdown
+
+    fcfg, out, is_cell = cfg.family(fam.name), p.out, p.kind != "main" and not p.kind.startswith("pretrain:")
+    out.mkdir(parents=True, exist_ok=True)
+    run_file = out / "run.json"
+    prev = json.loads(run_file.read_text()) if (resume and run_file.exists()) else {}
+    parent = (tracking.ablation_parent_run(fam.name, fcfg.ablation, tags, prefix=cfg.tracking.experiment_prefix)
+              if is_cell and not prev else None)
+    run = tracking.start_or_resume_run(fam.name, _run_name(fam.name, p), tags=tags,
+                                       prefix=cfg.tracking.experiment_prefix, run_id=prev.get("run_id"),
+                                       parent_run_id=parent)
+    (out / "status.json").unlink(missing_ok=True)
+    try:
+        info = tracking.write_run_file(run_file, run)
+        if not prev:
+            tracking.log_params_and_config(cfg.raw | {
+                "family": fam.name, "profile": cfg.profile, "cell": tags["cell"], "dataset_used": p.dataset,
+                "resolved_model": asdict(p.model_cfg), "resolved_train": asdict(p.train_cfg), "world_size": world})
+        trainer = Trainer(w["task"], p.train_cfg, out, logger=tracking.MlflowLogger(run.info.run_id), progress=progress)
+        history = trainer.fit(w["train_ds"], w["val_ds"], resume=resume)
+        pd.DataFrame(history).to_csv(out / "history.csv", index=False)
+        best = load_checkpoint(out / "best.pt")
+        w["net"].load_state_dict(best["model"])
+        summary = _summarise(w["task"], fam, history, best, p.train_cfg, fingerprint)
+        _finish(cfg, fam, p, w["net"], w["val_ds"], w["pre"], w["index"], info, summary)
+        run_file.write_text(json.dumps(info, indent=2))
+        tracking.end_run()
+        return info
+    except FloatingPointError as exc:
+        tracking.end_run("FAILED", reason=str(exc))
+        if not is_cell:
+            raise
+        return _fail_cell(p, run.info.run_id, exc, fingerprint)
+    except BaseException as exc:
+        tracking.end_run("FAILED" if not isinstance(exc, KeyboardInterrupt) else "KILLED", reason=repr(exc))
+        raise
+    finally:
+        shutdown()
