@@ -188,3 +188,11 @@ def test_a_family_defined_in_tests_runs_end_to_end(tmp_path):
     assert run.info.run_name.startswith("tiny_blobs/")
     main = json.loads((dst / "models/tiny_blobs/run.json").read_text())
     assert c.get_run(main["run_id"]).data.metrics["test_auc"] == pytest.approx(m["model"]["auc"])
+
+
+def test_the_family_contract_docstring_example_runs():
+    import doctest
+
+    import medops.families.base as base
+
+    assert doctest.testmod(base, optionflags=doctest.ELLIPSIS).failed == 0

@@ -34,6 +34,14 @@ def project(tmp_path_factory):
     return dst, repro
 
 
+def test_every_stage_depends_on_the_code_it_runs(project):
+    from conftest import ROOT
+    from dvc_deps import uncovered
+
+    dst, _ = project
+    assert uncovered(dst, dst.parent / "imports.jsonl", ROOT) == []
+
+
 def test_repro_runs_pretraining_then_transfer_and_evaluates_with_gradcam(project):
     dst, repro = project
     for b in ("vgg16", "resnet50", "densenet201", "inception_v3"):

@@ -23,6 +23,7 @@ def _sh(cmd, cwd, check=True):
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@x"}
     env.pop("MLFLOW_TRACKING_URI", None)
+    env["MEDOPS_IMPORTS_LOG"] = str(Path(cwd).parent / "imports.jsonl")  # what each command imported
     r = subprocess.run(cmd, cwd=cwd, shell=True, capture_output=True, text=True, env=env)
     if check and r.returncode != 0:
         raise AssertionError(f"{cmd} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
@@ -94,6 +95,15 @@ def test_mlflow_run_has_config_metrics_tags_model(project):
     y = model(x)
     y = y.detach()
     assert y.shape == (1, 1, 64, 64) and 0 <= float(y.min()) and float(y.max()) <= 1
+
+
+def test_every_stage_depends_on_the_code_it_runs(project):
+    """Each stage's deps in dvc.yaml cover the medops modules its command imported during `dvc repro`
+    (so editing that code invalidates the cached outputs)."""
+    from dvc_deps import uncovered
+
+    dst, _ = project
+    assert uncovered(dst, dst.parent / "imports.jsonl", ROOT) == []
 
 
 def test_second_repro_does_nothing_and_push_works(project):

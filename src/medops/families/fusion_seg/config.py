@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from medops.config import AblationConfig, PromoteConfig, TrainConfig
 
+MODALITIES = ("us", "mg", "mri")  # the image channels of a breast-trimodal case, in stack order
+
 
 @dataclass(frozen=True)
 class BreastTrimodalConfig:
@@ -41,7 +43,7 @@ class BreastPreprocessConfig:
 class FusionSegModelConfig:
     """`fusion_seg.model`: a registered segmentation model and its fields."""
     arch: str = "fusion_seg"
-    modalities: tuple[str, ...] = ("us", "mg", "mri")
+    modalities: tuple[str, ...] = MODALITIES
     fusion: str = "attention"
     channels: tuple[int, ...] = (8, 16, 32)
     residual_subunits: int = 2

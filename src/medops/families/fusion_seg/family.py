@@ -25,7 +25,7 @@ class FusionSeg(Family):
     data_description = "tri-modal breast images (US, MG, MRI)"
 
     def check_config(self, fcfg) -> None:
-        from medops.data.breast_trimodal import MODALITIES
+        from medops.families.fusion_seg.config import MODALITIES
 
         bad = set(fcfg.model.modalities) - set(MODALITIES)
         if bad or not fcfg.model.modalities:
