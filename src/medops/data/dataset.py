@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from medops.errors import DataError
+from medops.preprocess.shards import load_shard
 
 
 def load_split(pre_dir: str | Path, index: pd.DataFrame, split: str | None):
@@ -21,7 +22,7 @@ def load_split(pre_dir: str | Path, index: pd.DataFrame, split: str | None):
                         "generate more cases or change split.fractions in params.yaml")
     imgs, masks = [], []
     for shard in rows.shard:
-        z = np.load(pre_dir / shard)
+        z = load_shard(pre_dir / shard)
         imgs.append(z["image"])
         masks.append(z["mask"] if z["mask"].size else np.zeros(z["image"].shape[-2:], np.uint8))
     return rows, torch.from_numpy(np.stack(imgs)), np.stack(masks)

@@ -43,6 +43,43 @@ def resolve_inside(root: str | Path, rel: str) -> Path:
     return full
 
 
+MAX_PIXELS = [50_000_000]  # pixels per image decoded at most (params.yaml validate.max_image_pixels)
+
+
+def set_pixel_limit(n: int) -> None:
+    MAX_PIXELS[0] = int(n)
+
+
+def _declared_pixels(path: Path, name: str) -> int | None:
+    """Pixels an image declares in its header, read without decoding it (None: unknown format)."""
+    if name.endswith((".png", ".jpg", ".jpeg")):
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:  # header only
+                return int(im.size[0]) * int(im.size[1])
+        except Image.DecompressionBombError:
+            return MAX_PIXELS[0] + 1
+        except Exception:
+            return None  # not decodable: the reader says so
+    if name.endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        try:
+            return int(np.prod(nib.load(str(path)).header.get_data_shape()))
+        except Exception:
+            return None
+    if name.endswith(".dcm"):
+        import pydicom
+
+        try:
+            ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+            return int(ds.get("Rows", 0)) * int(ds.get("Columns", 0)) * int(ds.get("NumberOfFrames", 1) or 1)
+        except Exception:
+            return None
+    return None
+
+
 def read_image(path: str | Path, color: bool = False) -> np.ndarray:
     """Read a 2-D image as a numpy array in its stored dtype.
 
@@ -53,6 +90,11 @@ def read_image(path: str | Path, color: bool = False) -> np.ndarray:
     name = path.name.lower()
     if not path.exists():
         raise DataError(str(path), "readable: file does not exist", "regenerate the dataset or fix the manifest path")
+    n = _declared_pixels(path, name)
+    if n is not None and n > MAX_PIXELS[0]:
+        raise DataError(str(path), f"max_image_pixels: the header declares {n:,} pixels, over the limit of "
+                        f"{MAX_PIXELS[0]:,} (not decoded)",
+                        "downsample the image, or raise validate.max_image_pixels in params.yaml if it is genuine")
     if name.endswith((".png", ".jpg", ".jpeg")):
         arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if arr is None:

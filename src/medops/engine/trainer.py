@@ -30,7 +30,11 @@ from tqdm import tqdm
 
 from medops.config import TrainConfig
 from medops.engine.distributed import all_reduce_sum, barrier, env_info
-from medops.errors import ConfigError
+from medops.errors import ConfigError, DataError
+
+
+class CheckpointError(DataError):
+    """A checkpoint file that cannot be trusted or read."""
 
 
 def seed_everything(seed: int) -> None:
@@ -110,7 +114,20 @@ def _atomic_save(obj, path: Path) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """A checkpoint's tensors and plain values (``weights_only=True``: no code runs); anything else — a planted
+    pickle, a truncated or foreign file — is refused with the file named."""
+    try:
+        ck = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(str(path), f"checkpoint_readable: not a medops checkpoint or damaged "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})",
+                              "delete it and train again (or restore it from DVC: dvc checkout)") from exc
+    if not isinstance(ck, dict) or "model" not in ck or "epoch" not in ck:
+        raise CheckpointError(str(path), "checkpoint_readable: no model state or epoch in the file",
+                              "delete it and train again (or restore it from DVC: dvc checkout)")
+    return ck
 
 
 class Trainer:

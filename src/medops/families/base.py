@@ -145,10 +145,6 @@ class Family:
         """Called with the best weights loaded; returns files it wrote to log as ``(path, artifact folder)``."""
         return []
 
-    def model_files(self, out: Path) -> list[tuple[Path, str]]:
-        """Files logged beside the registered model of a main run (e.g. the checkpoint ``predict`` needs)."""
-        return []
-
     def activation(self):
         """Module that turns logits into what the registered model returns (sigmoid, softmax). *Required.*"""
         raise NotImplementedError
@@ -188,8 +184,9 @@ class Family:
 
     # ------------------------------------------------------------------ prediction
     def predict(self, cfg, model, inp: Path, out: Path, *, threshold: float) -> list[dict]:
-        """Predict with a loaded registered ``model`` (:class:`medops.tracking.LoadedModel`) on ``inp``;
-        write files under ``out``; return one summary per case. *Required.*"""
+        """Predict with the registered model ``model`` (a resolved :class:`medops.tracking.ModelRef`; its
+        ``load()`` checks the digests and rebuilds the network from tensors) on ``inp``; write files under
+        ``out``; return one summary per case. *Required.*"""
         raise NotImplementedError
 
     def describe_prediction(self, r: dict, out: Path) -> str:

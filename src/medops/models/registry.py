@@ -25,6 +25,10 @@ def list_models() -> list[str]:
 
 
 def get_model(name: str, **kwargs) -> nn.Module:
+    """Build the registered model ``name``; the module remembers how (``medops_spec``: name + keyword
+    arguments), so a saved model is rebuilt by name and gets tensors only, never pickled code."""
     if name not in _MODELS:
         raise ConfigError(f"model '{name}'", "not a registered model", f"use one of {list_models()}")
-    return _MODELS[name](**kwargs)
+    net = _MODELS[name](**kwargs)
+    net.medops_spec = {"arch": name, "kwargs": kwargs}
+    return net

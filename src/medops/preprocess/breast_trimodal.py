@@ -23,7 +23,7 @@ from skimage import exposure
 from medops.data.breast_trimodal import MODALITIES as IMAGE_MODALITIES
 from medops.data.io import file_sha256, read_image, resolve_inside
 from medops.errors import DataError
-from medops.preprocess.shards import normalise, run_jobs
+from medops.preprocess.shards import add_shard_digests, normalise, previous_shard_digests, run_jobs, shard_intact
 from medops.preprocess.registration import euler_matrix, mean_displacement, register_rigid
 
 
@@ -89,6 +89,7 @@ def preprocess_dataset(root: str | Path, out: str | Path, cfg, progress: bool = 
     shards_dir = out / "shards"
     shards_dir.mkdir(parents=True, exist_ok=True)
     rows, todo = [], []
+    recorded = previous_shard_digests(out)  # a cached shard is reused only if it is intact
     for case_id, g in manifest.groupby("case_id", sort=True):
         paths = {r.modality: resolve_inside(root, r.path) for r in g.itertuples()}
         missing = set(IMAGE_MODALITIES) - set(paths)
@@ -98,11 +99,12 @@ def preprocess_dataset(root: str | Path, out: str | Path, cfg, progress: bool = 
         shard = shards_dir / f"{key}.npz"
         rows.append({"case_id": case_id, "patient_id": g.patient_id.iloc[0], "split": g.split.iloc[0],
                      "shard": f"shards/{key}.npz"})
-        if not shard.exists():
+        if not shard_intact(shard, recorded.get(f"shards/{key}.npz")):
             todo.append((case_id, paths, shard, cfg))
     run_jobs(_work, todo, cfg.workers, progress, chunksize=2)
     index = pd.DataFrame(rows)
     index = _add_registration_error(index, root, out, manifest)
+    index = add_shard_digests(index, out)
     index.to_parquet(out / "index.parquet", index=False)
     stats = {"n_cases": int(len(index)), "computed": len(todo), "cached": int(len(index) - len(todo)),
              "image_size": cfg.image_size}

@@ -27,7 +27,7 @@ from skimage import exposure
 
 from medops.data.io import file_sha256, resolve_inside
 from medops.data.readers import case_stack, class_list, dataset_info, load_manifest
-from medops.preprocess.shards import normalise, run_jobs
+from medops.preprocess.shards import add_shard_digests, normalise, previous_shard_digests, run_jobs, shard_intact
 
 PREPROCESS_VERSION = "cls-1"
 log = logging.getLogger("medops.preprocess")
@@ -103,6 +103,7 @@ def preprocess_classification(root: str | Path, out: str | Path, cfg, *,
     classes = class_list(info, man)
     (out / "shards").mkdir(parents=True, exist_ok=True)
     rows, todo = [], []
+    recorded = previous_shard_digests(out)  # a cached shard is reused only if it is intact
     for case_id, g in man.groupby("case_id", sort=True):
         files = [resolve_inside(root, p) for p in sorted(g.path)]
         label = str(g.label.iloc[0])
@@ -111,11 +112,12 @@ def preprocess_classification(root: str | Path, out: str | Path, cfg, *,
         rows.append({"case_id": case_id, "patient_id": g.patient_id.iloc[0], "split": g.split.iloc[0],
                      "label": label, "label_idx": classes.index(label), "shard": f"shards/{key}.npz",
                      "has_mask": bool((g.modality == "mask").any())})
-        if not shard.exists():
+        if not shard_intact(shard, recorded.get(f"shards/{key}.npz")):
             todo.append((root, g, shard, classes.index(label), cfg))
     run_jobs(_work, todo, cfg.workers, progress, chunksize=4)
     index = pd.DataFrame(rows)
     index["converted_gray"] = [bool(np.load(out / s)["converted_gray"]) for s in index.shard]
+    index = add_shard_digests(index, out)
     index.to_parquet(out / "index.parquet", index=False)
     n_gray = int(index.converted_gray.sum())
     if n_gray:

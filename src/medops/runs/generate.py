@@ -11,6 +11,7 @@ import pandas as pd
 from medops import layout
 from medops.errors import DataError
 from medops.families import family_of_dataset
+from medops.locks import exclusive
 
 
 def generate(cfg, dataset: str, out: Path | None = None, force: bool = False) -> pd.DataFrame:
@@ -24,14 +25,15 @@ def generate(cfg, dataset: str, out: Path | None = None, force: bool = False) ->
     if out.exists() and any(out.iterdir()) and not force:
         raise DataError(str(out), "no_overwrite: the output folder already holds a dataset",
                         "choose another --out, or pass --force to replace it (dvc repro removes it for you)")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent if out.parent.exists() else None))
-    try:
-        manifest = fam.generate(cfg, dataset, tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with exclusive(out, f"the dataset folder of {dataset}"):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent if out.parent.exists() else None))
+        try:
+            manifest = fam.generate(cfg, dataset, tmp)
+            if out.exists():
+                shutil.rmtree(out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp.rename(out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     fam.contact_sheet(cfg, dataset, out, layout.contact_sheet(dataset))
     return manifest

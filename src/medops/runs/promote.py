@@ -63,8 +63,6 @@ def _candidate(cfg, fam):
 
 
 def _log_candidate_model(cfg, fam, cand) -> str:
-    import torch
-
     from medops.engine import load_checkpoint
     from medops.preprocess import load_index
     from medops.tracking import registry
@@ -76,8 +74,7 @@ def _log_candidate_model(cfg, fam, cand) -> str:
     net = fam.build_model(fcfg, abl.cell_model(cand.cell, fcfg.model), index, start_weights=False)
     net.load_state_dict(load_checkpoint(cdir / "best.pt")["model"])
     example = np.load(pre / index[index.split == "test"].shard.iloc[0])["image"][None].astype(np.float32)
-    return registry.ensure_model_logged(cand.run_id, torch.nn.Sequential(net.eval(), fam.activation()), example,
-                                        files=fam.model_files(cdir))
+    return registry.ensure_model_logged(cand.run_id, net.eval(), fam.activation(), example)
 
 
 def _gates(cfg, fam, cand, tags: dict, champion: str | None):

@@ -11,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 import pandas as pd
 
 from medops import layout
 from medops.families import get_family
+from medops.locks import exclusive
 
 
 def _fingerprint(p, index: pd.DataFrame) -> str:
@@ -27,18 +29,39 @@ def _fingerprint(p, index: pd.DataFrame) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
+def _completion_record(p) -> Path:
+    """Written atomically at the very end of a run (and deleted when one starts): a run is done only if
+    this file says so for the run in run.json — files that survive a kill (run.json, last.pt) never do."""
+    return p.out / ("train_metrics.json" if p.kind == "main" else "status.json")
+
+
+def _write_atomic(path: Path, record: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(path)
+
+
 def _already_done(p, fingerprint: str) -> dict | None:
     """The finished run with the same inputs, if there is one (so re-running a task changes nothing)."""
-    out = p.out
-    run_file, marker = out / "run.json", out / ("train_metrics.json" if p.kind == "main" else "status.json")
+    run_file, marker = p.out / "run.json", _completion_record(p)
     if not (run_file.exists() and marker.exists()):
         return None
-    done = json.loads(marker.read_text())
-    if done.get("fingerprint") != fingerprint or (done.get("status", "finished") == "finished"
-                                                   and not (out / "best.pt").exists()):
+    done, run = json.loads(marker.read_text()), json.loads(run_file.read_text())
+    if done.get("fingerprint") != fingerprint or done.get("run_id", run["run_id"]) != run["run_id"] or (
+            done.get("status", "finished") == "finished" and not (p.out / "best.pt").exists()):
         return None
-    return {**json.loads(run_file.read_text()), "skipped": True, "status": done.get("status", "finished"),
-            "reason": done.get("reason", "")}
+    return {**run, "skipped": True, "status": done.get("status", "finished"), "reason": done.get("reason", "")}
+
+
+def _supersede(p) -> None:
+    """A new training replaces an unfinished one: its MLflow run, left RUNNING by a kill, is marked KILLED."""
+    from medops import tracking
+
+    run_file = p.out / "run.json"
+    if run_file.exists():
+        old = json.loads(run_file.read_text()).get("run_id")
+        if old and tracking.run_status(old) == "RUNNING":
+            tracking.mark_run(old, "KILLED", "interrupted; superseded by a new training of the same folder")
 
 
 def _tags(cfg, fam, p, validation: dict, index, train_ds, task) -> dict:
@@ -62,9 +85,9 @@ def _run_name(family: str, p) -> str:
     return f"{family}/{p.kind}/seed{p.train_cfg.seed}"
 
 
-def _summarise(task, fam, history: list[dict], best: dict, train_cfg, fingerprint: str) -> dict:
+def _summarise(task, fam, history: list[dict], best: dict, train_cfg, fingerprint: str, run_id: str) -> dict:
     best_rec = next((h for h in history if h["epoch"] == best["epoch"]), history[-1])
-    return {"best_epoch": best["epoch"], f"best_{task.monitor}": best[task.monitor],
+    return {"run_id": run_id, "best_epoch": best["epoch"], f"best_{task.monitor}": best[task.monitor],
             "selection_score": best_rec.get(fam.selection, float("nan")), "selection_metric": fam.selection,
             "epochs": len(history), "early_stopped": len(history) < train_cfg.epochs,
             "final_train_loss": history[-1]["train_loss"], "final_val_loss": history[-1]["val_loss"],
@@ -77,19 +100,19 @@ def _finish(cfg, fam, p, net, val_ds, pre, index, info: dict, train_metrics: dic
     from medops import tracking
 
     out = p.out
-    (out / "train_metrics.json").write_text(json.dumps(train_metrics, indent=2))
+    if p.kind == "main":
+        _write_atomic(out / "train_metrics.json.partial", train_metrics)  # completed below, once the model is logged
+    else:
+        (out / "train_metrics.json").write_text(json.dumps(train_metrics, indent=2))
     for path, folder in fam.after_training(net, val_ds, out):
         tracking.log_artifact(path, folder)
     tracking.log_artifact(out / "history.csv", "training")
     if p.kind.startswith("pretrain:"):
-        (out / "status.json").write_text(json.dumps({"status": "finished", **train_metrics}, indent=2))
+        _write_atomic(out / "status.json", {"status": "finished", **train_metrics})
     elif p.kind == "main":
-        import torch
-
-        info["model_uri"] = tracking.log_model(torch.nn.Sequential(net, fam.activation()),
-                                               val_ds.images[:1].float().numpy())
-        for path, folder in fam.model_files(out):
-            tracking.log_artifact(path, folder)
+        info["model_uri"] = tracking.log_model(net, fam.activation(), val_ds.images[:1].float().numpy())
+        (out / "train_metrics.json.partial").unlink()
+        _write_atomic(out / "train_metrics.json", train_metrics)
     else:
         fcfg = cfg.family(fam.name)
         test = fam.evaluate_cell(net, pre, index, out, fcfg=fcfg, model_cfg=p.model_cfg)
@@ -97,13 +120,13 @@ def _finish(cfg, fam, p, net, val_ds, pre, index, info: dict, train_metrics: dic
         tracking.log_artifact(out / "per_case.csv", "evaluation")
         if (out / "figures").exists():
             tracking.log_artifact(out / "figures", "figures")
-        (out / "status.json").write_text(json.dumps({"status": "finished", **train_metrics, "dataset": p.dataset,
-                                                     "test": test["full"]}, indent=2))
+        _write_atomic(out / "status.json", {"status": "finished", **train_metrics, "dataset": p.dataset,
+                                            "test": test["full"]})
 
 
 def _fail_cell(p, run_id: str, exc: Exception, fingerprint: str) -> dict:
-    (p.out / "status.json").write_text(json.dumps({"status": "failed", "reason": str(exc),
-                                                   "fingerprint": fingerprint}, indent=2))
+    _write_atomic(p.out / "status.json", {"status": "failed", "reason": str(exc), "fingerprint": fingerprint,
+                                          "run_id": run_id})
     for stale in ("best.pt", "last.pt"):
         (p.out / stale).unlink(missing_ok=True)
     return {"run_id": run_id, "status": "failed", "reason": str(exc)}
@@ -112,9 +135,10 @@ def _fail_cell(p, run_id: str, exc: Exception, fingerprint: str) -> dict:
 def train(cfg, family: str, *, resume: bool = False, progress: bool = True, cell: str | None = None,
           seed: int | None = None, force: bool = False, pretrain: str | None = None) -> dict:
     """Train ``family``'s main model, ablation ``cell`` with ``seed``, or pretraining ``pretrain``."""
-    from medops.engine import Trainer, seed_everything
-    from medops.engine.distributed import init_distributed, shutdown
+    from medops.engine import load_checkpoint
+    from medops.engine.distributed import init_distributed
     from medops.preprocess import load_index
+    from medops.preprocess.shards import require_current
     from medops.validation import require_passed
 
     fam, fcfg = get_family(family, cfg), cfg.family(family)
@@ -124,25 +148,49 @@ def train(cfg, family: str, *, resume: bool = False, progress: bool = True, cell
     p = fam.prepare(fcfg, cell=cell, seed=seed, pretrain=pretrain, layout=layout)
     validation = require_passed(layout.data_dir(p.dataset), layout.validation_dir(p.dataset))
     pre = layout.preprocessed_dir(p.dataset)
+    require_current(pre, validation)
     index = load_index(pre)
     fingerprint = _fingerprint(p, index)
-    if not resume and not force and dinfo.main:
-        done = _already_done(p, fingerprint)
-        if done is not None:
-            return done
+    if not dinfo.main:
+        return _train_rank(fam, fcfg, p, pre, index, resume)
+    with exclusive(p.out, f"the training folder of {family} ({p.kind})"):
+        if resume and (p.out / "last.pt").exists():
+            load_checkpoint(p.out / "last.pt")  # a damaged or foreign checkpoint fails here, before any run changes
+        if not resume and not force:
+            done = _already_done(p, fingerprint)
+            if done is not None:
+                return done
+        if not resume:
+            _supersede(p)
+        _completion_record(p).unlink(missing_ok=True)
+        return _train_main(cfg, fam, fcfg, p, pre, index, validation, fingerprint, resume, progress, dinfo.world)
+
+
+def _train_rank(fam, fcfg, p, pre, index, resume: bool) -> dict:
+    """Ranks > 0 of a DDP run train their shard; rank 0 owns tracking, checkpoints and evaluation."""
+    from medops.engine import Trainer, seed_everything
+    from medops.engine.distributed import env_info, shutdown
+
+    train_ds, val_ds = fam.training_datasets(fcfg, pre, index)
+    seed_everything(p.train_cfg.seed)
+    task = fam.task(fam.build_model(fcfg, p.model_cfg, index), p.train_cfg, train_ds)
+    try:
+        Trainer(task, p.train_cfg, p.out, logger=None, progress=False).fit(train_ds, val_ds, resume=resume)
+    finally:
+        shutdown()
+    return {"rank": env_info().rank}
+
+
+def _train_main(cfg, fam, fcfg, p, pre, index, validation, fingerprint, resume, progress, world) -> dict:
+    from medops.engine import seed_everything
+
     train_ds, val_ds = fam.training_datasets(fcfg, pre, index)
     seed_everything(p.train_cfg.seed)  # the initial weights are part of the run's seed
     net = fam.build_model(fcfg, p.model_cfg, index)
     task = fam.task(net, p.train_cfg, train_ds)
-    if not dinfo.main:  # ranks > 0 train their shard; rank 0 owns tracking, checkpoints and evaluation
-        try:
-            Trainer(task, p.train_cfg, p.out, logger=None, progress=False).fit(train_ds, val_ds, resume=resume)
-        finally:
-            shutdown()
-        return {"rank": dinfo.rank}
     tags = _tags(cfg, fam, p, validation, index, train_ds, task)
     return _tracked_fit(cfg, fam, p, dict(net=net, task=task, train_ds=train_ds, val_ds=val_ds, pre=pre,
-                                          index=index), tags, fingerprint, resume, progress, dinfo.world)
+                                          index=index), tags, fingerprint, resume, progress, world)
 
 
 def _tracked_fit(cfg, fam, p, w: dict, tags: dict, fingerprint: str, resume: bool, progress: bool, world: int):
@@ -171,7 +219,7 @@ def _tracked_fit(cfg, fam, p, w: dict, tags: dict, fingerprint: str, resume: boo
         pd.DataFrame(history).to_csv(out / "history.csv", index=False)
         best = load_checkpoint(out / "best.pt")
         w["net"].load_state_dict(best["model"])
-        summary = _summarise(w["task"], fam, history, best, p.train_cfg, fingerprint)
+        summary = _summarise(w["task"], fam, history, best, p.train_cfg, fingerprint, run.info.run_id)
         _finish(cfg, fam, p, w["net"], w["val_ds"], w["pre"], w["index"], info, summary)
         run_file.write_text(json.dumps(info, indent=2))
         tracking.end_run()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from medops.errors import ConfigError
+from medops.errors import ConfigError, redact
 
 
 def tracking_uri(root: str | Path = ".") -> str:
@@ -34,11 +34,12 @@ def _check_server(uri: str) -> None:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:
             r.read()
     except Exception as exc:
-        raise ConfigError(f"MLFLOW_TRACKING_URI={uri}", f"tracking server unreachable ({exc})",
+        raise ConfigError(f"MLFLOW_TRACKING_URI={redact(uri)}", f"tracking server unreachable ({redact(str(exc))})",
                           "start the MLflow server or unset MLFLOW_TRACKING_URI to use the local store") from exc
 
 
 def _mlflow(root: str | Path = "."):
+    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"  # medops models are tensors only
     import mlflow
 
     uri = tracking_uri(root)
@@ -95,6 +96,23 @@ def start_or_resume_run(family: str, run_name: str, *, tags: dict, root: str | P
         run = mlflow.start_run(experiment_id=exp, run_name=run_name, parent_run_id=parent_run_id)
     mlflow.set_tags({k: str(v) for k, v in tags.items()})
     return run
+
+
+def run_status(run_id: str, root: str | Path = ".") -> str | None:
+    """FINISHED | RUNNING | FAILED | KILLED | SCHEDULED, or None when the run does not exist."""
+    mlflow = _mlflow(root)
+    try:
+        return mlflow.tracking.MlflowClient().get_run(run_id).info.status
+    except Exception:
+        return None
+
+
+def mark_run(run_id: str, status: str, reason: str, root: str | Path = ".") -> None:
+    """End a run left RUNNING by a killed process (e.g. superseded by a new training), with the reason."""
+    mlflow = _mlflow(root)
+    client = mlflow.tracking.MlflowClient()
+    client.set_tag(run_id, "failure_reason", reason[:5000])
+    client.set_terminated(run_id, status=status)
 
 
 def ablation_parent_run(family: str, ablation, tags: dict, *, root: str | Path = ".", prefix: str = "") -> str:
@@ -181,22 +199,11 @@ def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
         mlflow.log_artifact(str(p), artifact_path)
 
 
-def log_model(model, input_example, name: str = "model"):
-    """Log a torch model with signature and input example; returns the model URI."""
-    import mlflow
-    import mlflow.pytorch
-    import numpy as np
-    import torch
-    from mlflow.models import infer_signature
+def log_model(net, activation, input_example, name: str = "model") -> str:
+    """Log ``net`` + its output ``activation`` as a safe model (safetensors, no pickle); returns the URI."""
+    from medops.tracking.models import log_safe_model
 
-    model = model.eval().cpu()
-    with torch.no_grad():
-        out = model(torch.from_numpy(input_example)).numpy()
-    sig = infer_signature(input_example, out)
-    reqs = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"]
-    info = mlflow.pytorch.log_model(model, name=name, signature=sig, input_example=np.asarray(input_example),
-                                    pip_requirements=reqs)
-    return info.model_uri
+    return log_safe_model(net, activation, input_example, name)
 
 
 def log_metrics(metrics: dict) -> None:
@@ -221,12 +228,13 @@ def ui_command(root: str | Path = ".", run: dict | None = None) -> str:
     url = ""
     if run:
         url = f"  then open http://127.0.0.1:5000/#/experiments/{run['experiment_id']}/runs/{run['run_id']}"
+    uri = redact(uri)
     if uri.startswith("sqlite"):
         return f".venv/bin/mlflow ui --backend-store-uri {uri} --port 5000{url}"
     return f"open {uri}" + (f"/#/experiments/{run['experiment_id']}/runs/{run['run_id']}" if run else "")
 
 
 def write_run_file(path: Path, run) -> dict:
-    info = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "tracking_uri": tracking_uri()}
+    info = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "tracking_uri": redact(tracking_uri())}
     path.write_text(json.dumps(info, indent=2))
     return info

@@ -20,21 +20,18 @@ def run_tags(run_id: str) -> dict:
     return _client().get_run(run_id).data.tags
 
 
-def ensure_model_logged(run_id: str, model, input_example, files: list[tuple[Path, str]] = ()) -> str:
-    """Log the model into ``run_id`` once (and ``files`` as ``(path, artifact folder)``, e.g. the
-    checkpoint explanations need to rebuild the network by name); later calls return the same URI."""
+def ensure_model_logged(run_id: str, net, activation, input_example) -> str:
+    """Log the model (safe format) into ``run_id`` once; later calls return the same URI."""
     import mlflow
 
     from medops.tracking.mlflow_run import log_model
 
     client = _client()
-    uri = client.get_run(run_id).data.tags.get("model_uri")
-    if uri:
-        return uri
+    tags = client.get_run(run_id).data.tags
+    if tags.get("model_uri") and tags.get("model_sha256"):
+        return tags["model_uri"]
     with mlflow.start_run(run_id=run_id):
-        uri = log_model(model, input_example)
-        for path, folder in files:
-            mlflow.log_artifact(str(path), folder)
+        uri = log_model(net, activation, input_example)
         mlflow.set_tag("model_uri", uri)
     return uri
 
@@ -57,7 +54,11 @@ def register(name: str, model_uri: str, run_id: str):
         client.get_registered_model(name)
     except Exception:
         client.create_registered_model(name, description=f"medops model family {name}")
-    return mlflow.register_model(model_uri, name)
+    version = mlflow.register_model(model_uri, name)
+    digests = client.get_run(run_id).data.tags.get("model_sha256")
+    if digests:  # what `medops predict` checks before loading anything
+        client.set_model_version_tag(name, version.version, "model_sha256", digests)
+    return version
 
 
 def alias_version(name: str, alias: str) -> str | None:

@@ -10,6 +10,7 @@ failed or was never validated.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -104,6 +105,8 @@ RULES = {
     "all_modalities": Rule("all_modalities", "add the missing modality file for the case or drop the case", "case_id"),
     "patient_one_split": Rule("patient_one_split", "re-split by patient (medops generate does this) so each patient is in one split", "patient_id"),
     "min_size": Rule("min_size", "use images of at least 32x32 pixels (the backbones downsample 32x)", "path"),
+    "safe_identifier": Rule("safe_identifier", "rename the case/patient id: 1-128 letters, digits, '.', '_' or '-', no path separators or '..' (ids become file names)", "case_id"),
+    "deidentified": Rule("deidentified", "this dataset is marked for sharing (dataset.json \"sharing\": true): run `medops deidentify` on it first (DICOM PS3.15 Annex E basic profile)", "path"),
     "label_known": Rule("label_known", "use a label from the class list (dataset.json 'classes' or the class folder names), or add the class there", "path"),
     "class_min_images": Rule("class_min_images", "add images to this class (every split needs examples) or merge/drop the class", "label"),
 }
@@ -124,6 +127,7 @@ def _image_stats(root: Path, row) -> dict:
     except DataError as exc:
         out["error"] = exc.rule
         return out
+    out["identifiable"] = _identifiable(full)
     out.update(readable=True, height=arr.shape[0], width=arr.shape[1], dtype=str(arr.dtype), sha256=file_sha256(full),
                channels=int(arr.shape[2]) if arr.ndim == 3 else 1)
     a = arr.astype(np.float64)
@@ -138,6 +142,20 @@ def _image_stats(root: Path, row) -> dict:
     return out
 
 
+def _identifiable(path: Path) -> str:
+    """Why a DICOM file still identifies its patient ('' when it does not, or is not DICOM)."""
+    if not path.name.lower().endswith(".dcm"):
+        return ""
+    import pydicom
+
+    from medops.data.deidentify import is_identifiable
+
+    try:
+        return is_identifiable(pydicom.dcmread(path, stop_before_pixels=True)) or ""
+    except Exception:
+        return ""
+
+
 def build_tables(root: Path, manifest: pd.DataFrame, progress: bool = True, spec: DatasetSpec = FIXED_GEOMETRY,
                  classes: list[str] | None = None, min_per_class: int = 1) -> dict[str, pd.DataFrame]:
     cols = MANIFEST_COLUMNS + (["label"] if classes is not None else [])
@@ -145,8 +163,10 @@ def build_tables(root: Path, manifest: pd.DataFrame, progress: bool = True, spec
     if missing:
         raise DataError(str(root / "manifest.parquet"), f"manifest_columns: missing {missing}",
                         f"the manifest needs columns {cols}")
+    from medops.layout import is_safe_id
+
     rows = [
-        {**r._asdict(), **_image_stats(root, r)}
+        {**r._asdict(), **_image_stats(root, r), "ids_safe": is_safe_id(str(r.case_id)) and is_safe_id(str(r.patient_id))}
         for r in tqdm(list(manifest[cols].itertuples(index=False)), desc="validate", disable=not progress)
     ]
     images = pd.DataFrame(rows)
@@ -171,7 +191,8 @@ def build_tables(root: Path, manifest: pd.DataFrame, progress: bool = True, spec
     return tables
 
 
-def _suites(cfg: ValidateConfig, spec: dict = MODALITY_SPEC, meta: dict | None = None, mask_not_empty: bool = True):
+def _suites(cfg: ValidateConfig, spec: dict = MODALITY_SPEC, meta: dict | None = None, mask_not_empty: bool = True,
+            sharing: bool = False):
     """Expectation suites as code: {table: [(rule, expectation), ...]}."""
     import great_expectations.expectations as gxe
 
@@ -181,11 +202,14 @@ def _suites(cfg: ValidateConfig, spec: dict = MODALITY_SPEC, meta: dict | None =
             ("readable", gxe.ExpectColumnValuesToBeInSet(column="readable", value_set=[True], row_condition=None)),
             ("unique_image", gxe.ExpectColumnValuesToBeUnique(column="sha256")),
             ("split_known", gxe.ExpectColumnValuesToBeInSet(column="split", value_set=SPLITS)),
+            ("safe_identifier", gxe.ExpectColumnValuesToBeInSet(column="ids_safe", value_set=[True])),
         ],
         "cases": [("all_modalities", gxe.ExpectColumnValuesToBeInSet(column="missing", value_set=[""]))],
         "patients": [("patient_one_split", gxe.ExpectColumnValuesToBeBetween(column="n_splits", min_value=1, max_value=1))],
     }
-    if meta is not None:  # classification: labels from the class list, enough cases per class
+    if sharing:
+        suites["images"].append(("deidentified", gxe.ExpectColumnValuesToBeInSet(column="identifiable", value_set=[""])))
+    if meta is not None:  # labelled data: labels from the class list, enough cases per class
         suites["labels"] = [("label_known", gxe.ExpectColumnValuesToBeInSet(column="label", value_set=meta["classes"]))]
         suites["classes"] = [("class_min_images", gxe.ExpectColumnValuesToBeBetween(
             column="n_cases", min_value=meta["min_per_class"]))]
@@ -228,7 +252,8 @@ def _frames(tables: dict[str, pd.DataFrame], spec: dict = MODALITY_SPEC) -> dict
 
 
 def run_suites(tables: dict[str, pd.DataFrame], cfg: ValidateConfig, docs_dir: Path,
-               spec: dict = MODALITY_SPEC, mask_not_empty: bool = True) -> list[str]:
+               spec: dict = MODALITY_SPEC, mask_not_empty: bool = True, replace_docs: bool = True,
+               sharing: bool = False) -> list[str]:
     """Run every suite through a GX checkpoint; build Data Docs into ``docs_dir``."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
@@ -246,7 +271,7 @@ def run_suites(tables: dict[str, pd.DataFrame], cfg: ValidateConfig, docs_dir: P
         source = ctx.data_sources.add_pandas("medops")
         failures: list[str] = []
         frames = _frames(tables, spec)
-        for table, exps in _suites(cfg, spec, tables.get("meta"), mask_not_empty).items():
+        for table, exps in _suites(cfg, spec, tables.get("meta"), mask_not_empty, sharing).items():
             df = frames[table]
             if df.empty:
                 continue
@@ -276,10 +301,10 @@ def run_suites(tables: dict[str, pd.DataFrame], cfg: ValidateConfig, docs_dir: P
                         detail = _detail(df, item, col)
                         failures.append(f"{where}{extra}: rule {rule.name} failed ({col}={detail}). Fix: {rule.fix}")
         site = work / "gx" / "uncommitted" / "data_docs" / "local_site"
-        if docs_dir.exists():
+        if docs_dir.exists() and replace_docs:  # the gate's own report folder: the new Data Docs replace the old
             shutil.rmtree(docs_dir)
         if site.exists():
-            shutil.copytree(site, docs_dir)
+            shutil.copytree(site, docs_dir, dirs_exist_ok=True)
         return sorted(set(failures), key=failures.index)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -313,7 +338,7 @@ def manifest_digest(root: Path, manifest: pd.DataFrame | None = None) -> str:
 
 def validate_dataset(root: str | Path, cfg: ValidateConfig, report_dir: str | Path, progress: bool = True,
                      spec: DatasetSpec | None = None, manifest: pd.DataFrame | None = None,
-                     split_fractions: dict | None = None, split_seed: int = 0) -> dict:
+                     split_fractions: dict | None = None, split_seed: int = 0, replace_docs: bool = True) -> dict:
     """Validate the dataset under ``root``; write the report; raise on any failure.
 
     ``spec`` (from the dataset's family; default: what the layout implies) decides the rules:
@@ -321,9 +346,13 @@ def validate_dataset(root: str | Path, cfg: ValidateConfig, report_dir: str | Pa
     minimum sizes, a known label per image and enough cases per class (``dataset.json`` with classes,
     a ``labels.csv`` or one folder per class).
     ``manifest``: validate this table instead of the one read from ``root`` (nothing is written under root).
+    ``replace_docs=False``: never delete files already in ``report_dir`` (prediction folders of a user).
     """
     from medops.data.readers import class_list, dataset_info, load_manifest
 
+    from medops.data.io import set_pixel_limit
+
+    set_pixel_limit(cfg.max_image_pixels)
     root, report_dir = Path(root), Path(report_dir)
     spec = spec or spec_for_layout(root)
     if manifest is None:
@@ -336,7 +365,11 @@ def validate_dataset(root: str | Path, cfg: ValidateConfig, report_dir: str | Pa
                           min_per_class=cfg.min_cases_per_class)
     mods = {m: v for m, v in spec.modalities.items() if not spec.present_only or m in set(manifest.modality)}
     report_dir.mkdir(parents=True, exist_ok=True)
-    failures = run_suites(tables, cfg, report_dir / "data_docs", mods, spec.mask_not_empty)
+    sharing = bool(dataset_info(root).get("sharing", False))
+    if "identifiable" not in tables["images"]:
+        tables["images"]["identifiable"] = ""
+    tables["images"]["identifiable"] = tables["images"]["identifiable"].fillna("")
+    failures = run_suites(tables, cfg, report_dir / "data_docs", mods, spec.mask_not_empty, replace_docs, sharing)
     tables["images"].to_csv(report_dir / "image_stats.csv", index=False)
     summary = {
         "status": "failed" if failures else "passed",
@@ -349,6 +382,9 @@ def validate_dataset(root: str | Path, cfg: ValidateConfig, report_dir: str | Pa
         "failures": failures,
         "data_docs": str(report_dir / "data_docs" / "index.html"),
     }
+    files = {str(r.path): r.sha256 for r in tables["images"].itertuples() if isinstance(r.sha256, str)}
+    summary["files_sha256"] = files  # what preprocess and train check: the content that passed, not just the manifest
+    summary["content_sha256"] = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
     if classes is not None:
         summary["classes"] = tables["meta"]["classes"]
         summary["class_counts"] = dict(zip(tables["classes"].label, map(int, tables["classes"].n_cases)))
@@ -358,8 +394,9 @@ def validate_dataset(root: str | Path, cfg: ValidateConfig, report_dir: str | Pa
     return summary
 
 
-def require_passed(root: str | Path, report_dir: str | Path) -> dict:
-    """Refuse to go on unless this exact manifest passed validation."""
+def require_passed(root: str | Path, report_dir: str | Path, verify_content: bool = True) -> dict:
+    """Refuse to go on unless this exact manifest passed validation and (``verify_content``) every file
+    still has the content that was validated (SHA-256), naming the first file that changed."""
     path = Path(report_dir) / "summary.json"
     if not path.exists():
         raise DataError(str(root), "validated: the dataset has not been validated", "run `medops validate` first")
@@ -369,4 +406,14 @@ def require_passed(root: str | Path, report_dir: str | Path) -> dict:
                         f"fix the data, then run `medops validate` (report: {summary.get('data_docs')})")
     if summary.get("manifest_sha256") != manifest_digest(Path(root)):
         raise DataError(str(root), "validated: the manifest changed since it was validated", "run `medops validate` again")
+    if verify_content:
+        files = summary.get("files_sha256")
+        if files is None:
+            raise DataError(str(path), "validated_content: validated by an older medops (no file digests)",
+                            "run `medops validate` again")
+        for rel, digest in files.items():
+            p = resolve_inside(Path(root), rel)
+            if not p.exists() or file_sha256(p) != digest:
+                raise DataError(str(p), "validated_content: the file's content changed since it was validated "
+                                "(SHA-256 differs)", "run `medops validate` again (and look at why it changed)")
     return summary

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from medops.data.breast_trimodal import MODALITIES as IMAGE_MODALITIES
 from medops.data.dataset import SegmentationShardDataset
 from medops.data.io import write_png
+from medops.layout import file_in
 from medops.families.fusion_seg.baseline import POLARITY, otsu_segment
 from medops.evaluation.figures import loss_curves, overlay_grid
 from medops.metrics import SEG_METRICS, segmentation_metrics
@@ -51,7 +52,7 @@ def evaluate_segmentation(net, pre_dir: Path, index: pd.DataFrame, out: Path, *,
     m = segmentation_metrics(pred, truth)
     per_case = pd.DataFrame({"case_id": ds.case_ids, "method": "fusion_seg", **{k: v.numpy() for k, v in m.items()}})
     for i, cid in enumerate(ds.case_ids):
-        write_png(out / "predictions" / f"{cid}.png", pred[i, 0].numpy() * 255)
+        write_png(file_in(out / "predictions", cid, ".png"), pred[i, 0].numpy() * 255)
     # classical baseline on the same preprocessed images
     base_frames = []
     for j, mod in enumerate(IMAGE_MODALITIES):

@@ -13,6 +13,7 @@ from medops.config import ValidateConfig
 from medops.data.breast_trimodal import MODALITIES as IMAGE_MODALITIES
 from medops.data.io import read_image, resolve_inside, write_png
 from medops.errors import DataError
+from medops.layout import file_in
 
 SUFFIXES = (".png", ".dcm", ".nii.gz", ".nii")
 
@@ -58,7 +59,7 @@ def predict(ref, inp: Path, out: Path, vcfg: ValidateConfig, default_pre,
     from medops.validation.gate import FIXED_GEOMETRY
 
     root, man = load_inputs(inp)
-    validate_dataset(root, vcfg, out / "validation", progress=False, manifest=man,
+    validate_dataset(root, vcfg, out / "validation", progress=False, manifest=man, replace_docs=False,
                      spec=dataclasses.replace(FIXED_GEOMETRY, required=IMAGE_MODALITIES))
     pcfg = from_logged_params(ref.params, default_pre, "preprocess")
     model = ref.load()  # exported in eval mode
@@ -73,7 +74,7 @@ def predict(ref, inp: Path, out: Path, vcfg: ValidateConfig, default_pre,
         mask = prob >= threshold
         ref = images["us"].shape
         mask_native = cv2.resize(prob, (ref[1], ref[0]), interpolation=cv2.INTER_LINEAR) >= threshold
-        write_png(out / f"{case_id}_mask.png", mask_native.astype(np.uint8) * 255)
+        write_png(file_in(out, case_id, "_mask.png"), mask_native.astype(np.uint8) * 255)
         summary = {"case_id": case_id, "model_uri": model_uri, "model_version": version, "run_id": ref.run_id,
                    "threshold": threshold, "image_size": pcfg.image_size, "mask_png": f"{case_id}_mask.png",
                    "tumour_fraction": float(mask.mean()), "tumour_area_px_us_frame": int(mask_native.sum()),
@@ -81,7 +82,7 @@ def predict(ref, inp: Path, out: Path, vcfg: ValidateConfig, default_pre,
                    "mean_probability_in_mask": float(prob[mask].mean()) if mask.any() else None,
                    "mri_registration": {"angle_rad": reg[0], "tx_px": reg[1], "ty_px": reg[2]},
                    "validation": "passed"}
-        (out / f"{case_id}.json").write_text(json.dumps(summary, indent=2))
+        file_in(out, case_id, ".json").write_text(json.dumps(summary, indent=2))
         results.append(summary)
     return results
 

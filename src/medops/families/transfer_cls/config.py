@@ -4,22 +4,39 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from medops.config import AblationConfig, PromoteConfig, TrainConfig
+from medops.errors import ConfigError
+
+BACKBONES = ("vgg16", "resnet50", "densenet201", "inception_v3")
 
 
 @dataclass(frozen=True)
 class RareDiseaseConfig:
     """Simulated classification datasets (paper 002 section 3.1): name -> {n_cases, prevalence}."""
+    RULES: ClassVar[dict] = {"size": "[32, 2048]", "workers": "[1, 64]"}
     seed: int = 0
     size: int = 128
     workers: int = 1
     datasets: dict = field(default_factory=dict)
 
+    def check_values(self, where: str) -> None:
+        for name, spec in self.datasets.items():
+            spec = spec if isinstance(spec, dict) else {}
+            n, prev = spec.get("n_cases"), spec.get("prevalence", 0.5)
+            if not (isinstance(n, int) and not isinstance(n, bool) and n >= 10) or set(spec) - {"n_cases", "prevalence"}:
+                raise ConfigError(f"params.yaml:{where}.datasets.{name}", f"{spec!r}: needs n_cases (an integer >= 10) "
+                                  "and optionally prevalence", "e.g. {n_cases: 150, prevalence: 0.2}")
+            if not (isinstance(prev, (int, float)) and 0 < prev < 1):
+                raise ConfigError(f"params.yaml:{where}.datasets.{name}.prevalence", f"{prev!r} is not in (0, 1)",
+                                  "the share of disease cases, e.g. 0.2")
+
 
 @dataclass(frozen=True)
 class Classification2DPreprocessConfig:
     """params.yaml `preprocess_cls:` — paper 002 section 3.2 for 2-D classification images."""
+    RULES: ClassVar[dict] = {"image_size": "[32, 2048]", "equalize": ("foreground", "global", "none"), "workers": "[1, 64]"}
     image_size: int = 64
     equalize: str = "foreground"          # paper 002 section 3.2: histogram equalisation (foreground | global | none)
     workers: int = 1
@@ -33,6 +50,8 @@ class TransferDataConfig:
 
 @dataclass(frozen=True)
 class TransferModelConfig:
+    RULES: ClassVar[dict] = {"backbone": BACKBONES, "strategy": ("fine_tune", "feature_extraction"),
+                             "weights": ("imagenet", "source", "none"), "dropout": "[0, 1)"}
     arch: str = "transfer_cls"
     backbone: str = "densenet201"         # vgg16 | resnet50 | densenet201 | inception_v3
     strategy: str = "fine_tune"           # fine_tune | feature_extraction
@@ -42,6 +61,7 @@ class TransferModelConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
+    RULES: ClassVar[dict] = {"rotation_deg": "[0, 180]", "zoom": "[0, 1)"}
     rotation_deg: float = 15.0
     zoom: float = 0.1
     hflip: bool = True
@@ -49,6 +69,7 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
+    RULES: ClassVar[dict] = {"backbones": BACKBONES, "epochs": "[1, inf)", "lr": "(0, inf)", "batch_size": "[1, inf)"}
     backbones: tuple[str, ...] = ("densenet201",)
     epochs: int = 2
     lr: float = 3e-4
@@ -57,6 +78,7 @@ class PretrainConfig:
 
 @dataclass(frozen=True)
 class TransferEvaluateConfig:
+    RULES: ClassVar[dict] = {"bootstrap": "[0, inf)", "gradcam_figure_cases": "[0, 64]"}
     bootstrap: int = 1000                 # resamples for the CIs of the test metrics
     gradcam_figure_cases: int = 6
 

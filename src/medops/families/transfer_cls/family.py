@@ -130,9 +130,6 @@ class TransferCls(Family):
         tags["task"] = "classification"
         return tags
 
-    def model_files(self, out):
-        return [(Path(out) / "best.pt", "checkpoint")]  # predict rebuilds the net by name for Grad-CAM
-
     def activation(self):
         import torch
 
@@ -188,13 +185,8 @@ class TransferCls(Family):
     # prediction
     def predict(self, cfg, ref, inp, out, *, threshold):
         from medops.families.transfer_cls.predict import predict_classification
-        from medops.models import get_model
 
-        def build_net(mcfg, n_classes):  # the trained weights come from the run's checkpoint
-            kw = dataclasses.asdict(mcfg)
-            return get_model(kw.pop("arch"), **kw, num_classes=n_classes)
-
-        return predict_classification(ref, inp, out, cfg.preprocess_cls, build_net)
+        return predict_classification(ref, inp, out, cfg.preprocess_cls)
 
     def describe_prediction(self, r, out):
         probs = ", ".join(f"{k} {v:.3f}" for k, v in r["probabilities"].items())

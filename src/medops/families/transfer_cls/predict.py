@@ -1,5 +1,5 @@
-"""`medops predict` for transfer_cls: images -> class probabilities (the registered model) and a
-Grad-CAM heatmap per image (the same weights rebuilt by name from the run's checkpoint)."""
+"""`medops predict` for transfer_cls: images -> class probabilities and a Grad-CAM heatmap per image,
+from the registered model (rebuilt by name from its safetensors after a digest check)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import numpy as np
 
 from medops.data.io import read_image, write_png
 from medops.errors import DataError
+from medops.layout import file_in, safe_id
 
 CLS_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".nii", ".nii.gz")
 
@@ -26,20 +27,20 @@ def _cls_inputs(inp: Path) -> list[Path]:
                     f"pass an image or a folder of images ({', '.join(CLS_SUFFIXES)})")
 
 
-def predict_classification(ref, inp: Path, out: Path, default_pre, build_net) -> list[dict]:
-    """Class probabilities (the registered model) and a Grad-CAM heatmap (the same weights rebuilt by
-    name from the run's checkpoint) per image; the preprocessing of the model's training run.
+def predict_classification(ref, inp: Path, out: Path, default_pre) -> list[dict]:
+    """Class probabilities and a Grad-CAM heatmap of the registered model per image; the preprocessing of
+    the model's training run.
     Every input is read and checked before anything is predicted or written."""
     import torch
 
     from medops.config import from_logged_params
     from medops.explain import gradcam
-    from medops.families.transfer_cls.config import TransferModelConfig
     from medops.preprocess.classification_2d import preprocess_image
 
     files = _cls_inputs(inp)
     stacks = []
     for f in files:  # refuse the whole batch on the first bad file: nothing half-written
+        safe_id(f.name.split(".")[0], "image name")
         arr = read_image(f, color=True).astype(np.float32)
         if min(arr.shape[:2]) < 32:
             raise DataError(str(f), f"min_size: image is {arr.shape[1]}x{arr.shape[0]}", "use images of at least 32x32 pixels")
@@ -48,11 +49,7 @@ def predict_classification(ref, inp: Path, out: Path, default_pre, build_net) ->
     classes = json.loads(tags.get("classes", "[]"))
     pcfg = from_logged_params(params, default_pre, "preprocess_cls")
     model = ref.load()
-    mcfg = TransferModelConfig(backbone=params["resolved_model.backbone"], strategy=params["resolved_model.strategy"],
-                               weights="none", dropout=float(params["resolved_model.dropout"]))
-    net = build_net(mcfg, len(classes))
-    ck = ref.download("checkpoint/best.pt", out / ".checkpoint")
-    net.load_state_dict(torch.load(ck, map_location="cpu", weights_only=True)["model"])
+    net = model[0]  # the classifier itself, for Grad-CAM
     model_uri, version = ref.uri, ref.version
     out.mkdir(parents=True, exist_ok=True)
     results = []
@@ -65,14 +62,14 @@ def predict_classification(ref, inp: Path, out: Path, default_pre, build_net) ->
         case = f.name.split(".")[0]
         heat = cv2.applyColorMap((cam * 255).astype(np.uint8), cv2.COLORMAP_JET)
         base = cv2.cvtColor((img.transpose(1, 2, 0) * 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
-        write_png(out / f"{case}_gradcam.png", cv2.addWeighted(base, 0.55, heat, 0.45, 0))
-        np.save(out / f"{case}_gradcam.npy", cam.astype(np.float32))
+        write_png(file_in(out, case, "_gradcam.png", "image name"), cv2.addWeighted(base, 0.55, heat, 0.45, 0))
+        np.save(file_in(out, case, "_gradcam.npy", "image name"), cam.astype(np.float32))
         summary = {"case_id": case, "input": str(f), "model_uri": model_uri, "model_version": version,
                    "run_id": ref.run_id, "classes": classes,
                    "probabilities": {c: float(p) for c, p in zip(classes, prob)},
                    "predicted": classes[int(prob.argmax())], "image_size": pcfg.image_size,
                    "converted_gray_to_rgb": bool(converted), "gradcam_png": f"{case}_gradcam.png",
                    "gradcam_layer": net.gradcam_layer}
-        (out / f"{case}.json").write_text(json.dumps(summary, indent=2))
+        file_in(out, case, ".json", "image name").write_text(json.dumps(summary, indent=2))
         results.append(summary)
     return results
