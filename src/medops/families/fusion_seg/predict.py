@@ -72,8 +72,8 @@ def predict(ref, inp: Path, out: Path, vcfg: ValidateConfig, default_pre,
         with torch.no_grad():
             prob = model(torch.from_numpy(stack[None]).float())[0, 0].numpy()
         mask = prob >= threshold
-        ref = images["us"].shape
-        mask_native = cv2.resize(prob, (ref[1], ref[0]), interpolation=cv2.INTER_LINEAR) >= threshold
+        h, w = images["us"].shape
+        mask_native = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR) >= threshold
         write_png(file_in(out, case_id, "_mask.png"), mask_native.astype(np.uint8) * 255)
         summary = {"case_id": case_id, "model_uri": model_uri, "model_version": version, "run_id": ref.run_id,
                    "threshold": threshold, "image_size": pcfg.image_size, "mask_png": f"{case_id}_mask.png",
