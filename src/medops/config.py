@@ -199,7 +199,14 @@ class AblationConfig:
 
     def check(self, family: str) -> None:
         """Fail before any training on an unknown factor or level, naming it."""
+        from medops.layout import ID_RULE, is_safe_id
+
         where = f"params.yaml:ablation.{family}"
+        for kind, names in (("cell", self.cells), ("factor", self.factors)):
+            bad = [n for n in names if not is_safe_id(n)]
+            if bad:
+                raise ConfigError(f"{where}.{kind}s", f"{kind} name {bad[0]!r}: {ID_RULE}",
+                                  f"rename the {kind} (its name becomes a folder or file name)")
         if len(self.seeds) < 1:
             raise ConfigError(f"{where}.seeds", "no seeds", "list at least 3 seeds")
         for name, levels in [("baseline", self.baseline), *((f"cells.{c}", v or {}) for c, v in self.cells.items())]:

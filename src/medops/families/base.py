@@ -196,8 +196,11 @@ class Family:
 
 def register_family(cls: type[Family]) -> type[Family]:
     """Class decorator: register a :class:`Family` subclass under ``cls.name``."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
+    from medops.layout import is_safe_id
+
+    if not cls.name or not is_safe_id(cls.name):
+        raise ValueError(f"{cls.__name__}: family name {cls.name!r} must be a safe identifier (it names folders, "
+                         "experiments and registered models)")
     if cls.name in _FAMILIES and _FAMILIES[cls.name] is not cls:
         raise ValueError(f"family '{cls.name}' is already registered")
     _FAMILIES[cls.name] = cls
