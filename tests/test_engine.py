@@ -116,3 +116,82 @@ def test_augmentation_on_the_training_split_only(tmp_path):
     a, b = train[0][0], train[0][0]
     assert not torch.equal(a, b) and a.shape == (3, 32, 32)
     assert torch.equal(val[0][0], val[0][0]) and torch.equal(val[0][0], val.images[0].float())
+
+
+def _sigterm_at(at):
+    import os
+    import signal
+
+    def cb(event, info):
+        if event == "train_batch_end" and (info["epoch"], info["step"]) == at:
+            os.kill(os.getpid(), signal.SIGTERM)  # what a pod eviction sends
+    return cb
+
+
+@pytest.mark.parametrize("async_checkpoint", [True, False])
+def test_sigterm_mid_epoch_saves_the_step_and_resume_matches_uninterrupted(preprocessed, smoke_cfg, tmp_path,
+                                                                           async_checkpoint):
+    """Preemption: the trainer finishes the step, writes last.pt (mid-epoch) and raises Preempted (exit code 75 at
+    the CLI); `--resume` continues at the next batch and ends with the history of an uninterrupted run."""
+    from medops.engine.trainer import Preempted
+
+    cfg = dataclasses.replace(smoke_cfg.family("fusion_seg").train, epochs=3, batch_size=2, seed=5,
+                              async_checkpoint=async_checkpoint, nonfinite_check_every=2)
+    full, net_a = _run(preprocessed, cfg, tmp_path / "a")
+    idx = pd.read_parquet(preprocessed / "index.parquet")
+    tr, va = ShardDataset(preprocessed, idx, "train"), ShardDataset(preprocessed, idx, "val")
+    torch.manual_seed(0)
+    net = get_model("fusion_seg", channels=(4, 8))
+    t = Trainer(SegmentationTask(net, cfg), cfg, tmp_path / "b", progress=False, callbacks=[_sigterm_at((1, 1))],
+                device=torch.device("cpu"))
+    with pytest.raises(Preempted, match="epoch 2, step 2"):
+        t.fit(tr, va)
+    ck = load_checkpoint(tmp_path / "b/last.pt")
+    assert ck["epoch"] == 1 and ck["partial"][0] == 2         # one epoch done, two steps of the second
+    resumed, net_b = _run(preprocessed, cfg, tmp_path / "b", resume=True)
+    assert [r["epoch"] for r in resumed] == [1, 2, 3]
+    for a, b in zip(full, resumed):
+        for k in ("train_loss", "val_loss", "val_dice"):
+            assert a[k] == pytest.approx(b[k], abs=1e-6), (k, a, b)
+    for (ka, va_), (kb, vb) in zip(net_a.state_dict().items(), net_b.state_dict().items()):
+        assert torch.allclose(va_.float(), vb.float(), atol=1e-6), ka
+
+
+def test_resume_restores_generators_from_cpu_tensors_whatever_the_device(preprocessed, smoke_cfg, tmp_path,
+                                                                         monkeypatch):
+    """`torch.set_rng_state` needs a CPU ByteTensor: a checkpoint is loaded on the CPU and moved explicitly (the
+    old path mapped it to the training device, which crashed every `--resume` on CUDA)."""
+    cfg = dataclasses.replace(smoke_cfg.family("fusion_seg").train, epochs=1, batch_size=4)
+    _run(preprocessed, cfg, tmp_path)
+    seen = []
+    real = torch.set_rng_state
+    monkeypatch.setattr(torch, "set_rng_state", lambda t: (seen.append((t.device.type, t.dtype)), real(t)))
+    net = get_model("fusion_seg", channels=(4, 8))
+    task = SegmentationTask(net, cfg)
+    trainer = Trainer(task, cfg, tmp_path, progress=False, device=torch.device("meta"))  # any non-CPU device
+    opt, sched = task.configure_optimizers()
+    start, best, partial = trainer._restore(tmp_path / "last.pt", net, opt, sched,
+                                            torch.amp.GradScaler("cuda", enabled=False))
+    assert seen == [("cpu", torch.uint8)] and start == 1 and partial == (0, 0.0, 0)
+    assert next(net.parameters()).device.type == "cpu"
+
+
+def test_a_checkpoint_write_killed_midway_leaves_the_previous_last_pt_intact(tmp_path):
+    """Atomic writes: a temp file + rename, so a SIGKILL during a (background) write never corrupts last.pt."""
+    import subprocess
+    import sys
+    import time
+
+    from medops.engine.trainer import _atomic_save
+
+    _atomic_save({"model": {"w": torch.ones(3)}, "epoch": 1}, tmp_path / "last.pt")
+    code = ("import torch; from medops.engine.trainer import _CheckpointWriter; w = _CheckpointWriter(True); "
+            f"w.save({{'model': {{'w': torch.zeros(80_000_000)}}, 'epoch': 2}}, __import__('pathlib').Path({str(tmp_path / 'last.pt')!r})); "
+            "w.wait()")
+    p = subprocess.Popen([sys.executable, "-c", code])
+    t0 = time.time()
+    while not (tmp_path / "last.pt.tmp").exists() and p.poll() is None and time.time() - t0 < 60:
+        time.sleep(0.01)
+    p.kill()
+    p.wait()
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1

@@ -435,7 +435,8 @@ def test_tasks_are_idempotent(project):
     assert {p.name: p.read_bytes() for p in cell.iterdir() if p.is_file()} == before
     metrics = (dst / "reports/fusion_seg/metrics.json").read_text()
     for cmd in ("medops train fusion_seg", "medops evaluate fusion_seg", "medops report fusion_seg",
-                "medops promote fusion_seg", "medops preprocess", "medops validate"):
+                "medops promote fusion_seg", "medops preprocess --dataset breast-trimodal",
+                "medops validate --dataset breast-trimodal"):
         _sh(cmd, dst)
     assert (dst / "reports/fusion_seg/metrics.json").read_text() == metrics
     assert len(client.search_runs([exp])) == n_runs

@@ -139,6 +139,13 @@ def train(family: str = typer.Argument(..., help="model family (see `medops fami
                    pretrain=pretrain)
     except MedopsError as exc:
         _fail(exc)
+    except Exception as exc:  # SIGTERM (preemption): the last step is saved; the retry resumes
+        from medops.engine.trainer import Preempted
+
+        if not isinstance(exc, Preempted):
+            raise
+        typer.echo(f"{family}: {exc} (exit {Preempted.EXIT_CODE})", err=True)
+        raise typer.Exit(Preempted.EXIT_CODE)
     if "rank" in info:
         return
     if info.get("skipped"):

@@ -163,7 +163,8 @@ class TrainConfig:
         "optimizer": ("adam", "sgd"), "lr": "(0, inf)", "weight_decay": "[0, inf)", "batch_size": "[1, inf)",
         "epochs": "[1, inf)", "loss": ("dice_bce", "ce", "focal"), "dice_weight": "[0, inf)", "bce_weight": "[0, inf)",
         "scheduler": ("cosine", "none"), "num_workers": "[0, inf)", "early_stopping": "[0, inf)",
-        "focal_gamma": "[0, inf)", "class_weights": ("none", "inverse_frequency")}
+        "focal_gamma": "[0, inf)", "class_weights": ("none", "inverse_frequency"), "checkpoint_every": "[1, inf)",
+        "nonfinite_check_every": "[1, inf)"}
     optimizer: str = "adam"
     lr: float = 1e-4
     weight_decay: float = 0.0
@@ -178,6 +179,9 @@ class TrainConfig:
     amp: bool = True
     monitor: str = "val_dice"
     early_stopping: int = 0               # stop after this many epochs without a better monitor value (0: off)
+    checkpoint_every: int = 1             # write last.pt every N epochs (and at the end, on early stop, on SIGTERM)
+    async_checkpoint: bool = True         # write checkpoints from a CPU copy in a background thread
+    nonfinite_check_every: int = 16       # read the device-side non-finite-loss flag every N steps
     focal_gamma: float = 2.0              # focal loss (classification)
     class_weights: str = "none"           # none | inverse_frequency (classification)
 

@@ -37,6 +37,23 @@ class CheckpointError(DataError):
     """A checkpoint file that cannot be trusted or read."""
 
 
+class Preempted(Exception):
+    """SIGTERM (pod eviction, preemption): the step finished, ``last.pt`` holds it; resume with ``--resume``."""
+
+    EXIT_CODE = 75  # EX_TEMPFAIL: the orchestrator retries, and the retry resumes
+
+
+def _to_cpu(obj):
+    """A CPU copy of a checkpoint (tensors cloned), safe to write while training goes on."""
+    if torch.is_tensor(obj):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
@@ -100,11 +117,14 @@ def _rng_state() -> dict:
 
 
 def _set_rng_state(st: dict) -> None:
-    torch.set_rng_state(st["torch"])
-    random.setstate((3, tuple(st["python"]), None))
-    np.random.set_state(("MT19937", st["numpy"].numpy().astype(np.uint32), 624, 0, 0.0))
+    """Restore every generator from CPU byte tensors (``torch.set_rng_state`` needs a CPU ByteTensor; the CUDA
+    generators are set from their CPU copies), whatever device the checkpoint was mapped to."""
+    cpu = lambda t: torch.as_tensor(t).detach().to("cpu", torch.uint8)  # noqa: E731
+    torch.set_rng_state(cpu(st["torch"]))
+    random.setstate((3, tuple(int(x) for x in st["python"]), None))
+    np.random.set_state(("MT19937", torch.as_tensor(st["numpy"]).cpu().numpy().astype(np.uint32), 624, 0, 0.0))
     if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
+        torch.cuda.set_rng_state_all([cpu(t) for t in st["cuda"]])
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -130,6 +150,64 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     return ck
 
 
+class _CheckpointWriter:
+    """Checkpoints off the hot path: a CPU copy is taken at once, written by one background thread (atomic:
+    temp file + rename; never two writers — a new save waits for the previous one)."""
+
+    def __init__(self, background: bool = True):
+        self.background, self._thread, self._error = background, None, None
+
+    def save(self, obj: dict, path: Path) -> None:
+        import threading
+
+        self.wait()
+        snapshot = _to_cpu(obj)
+        if not self.background:
+            _atomic_save(snapshot, path)
+            return
+
+        def write():
+            try:
+                _atomic_save(snapshot, path)
+            except BaseException as exc:  # noqa: BLE001  (reported by wait())
+                self._error = exc
+        self._thread = threading.Thread(target=write, name="medops-checkpoint", daemon=False)
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+
+class _PreemptionGuard:
+    """While training, SIGTERM sets ``stop`` instead of killing the process (main thread only)."""
+
+    def __init__(self):
+        self.stop, self._old = False, None
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.stop = True
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+        return False
+
+
 class Trainer:
     """Fit a :class:`TaskModule` on datasets; checkpoints under ``out_dir``."""
 
@@ -148,11 +226,12 @@ class Trainer:
         self.amp = bool(cfg.amp and self.device.type == "cuda")
         self.callbacks = callbacks or []
         self.history: list[dict] = []
+        self._checkpoints = _CheckpointWriter(background=cfg.async_checkpoint)
         self.progress = progress and self.dist.main
         self.out.mkdir(parents=True, exist_ok=True)
 
     # -- data
-    def _loader(self, ds: Dataset, epoch: int | None) -> DataLoader:
+    def _loader(self, ds: Dataset, epoch: int | None, skip_batches: int = 0) -> DataLoader:
         kw = dict(batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers,
                   pin_memory=self.device.type == "cuda")
         if epoch is None:
@@ -165,7 +244,16 @@ class Trainer:
             return DataLoader(ds, sampler=sampler, drop_last=len(ds) > self.cfg.batch_size, **kw)
         g = torch.Generator()
         g.manual_seed(self.cfg.seed * 100_003 + epoch)  # data order depends on (seed, epoch) only
-        return DataLoader(ds, sampler=RandomSampler(ds, generator=g), drop_last=len(ds) > self.cfg.batch_size, **kw)
+        drop_last = len(ds) > self.cfg.batch_size
+        # the loader's own seed comes from a generator of (seed, epoch), not from the global RNG, so starting
+        # an epoch's iterator consumes nothing that dropout or augmentation draw from (exact mid-epoch resume)
+        kw["generator"] = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch + 7)
+        if skip_batches:  # resuming inside an epoch: the same order, without the batches already trained
+            order = list(RandomSampler(ds, generator=g))
+            n_full = len(order) // self.cfg.batch_size * self.cfg.batch_size if drop_last else len(order)
+            rest = order[skip_batches * self.cfg.batch_size:n_full]
+            return DataLoader(torch.utils.data.Subset(ds, rest), shuffle=False, **kw)
+        return DataLoader(ds, sampler=RandomSampler(ds, generator=g), drop_last=drop_last, **kw)
 
     def _emit(self, event: str, info: dict) -> None:
         for cb in self.callbacks:
@@ -188,39 +276,37 @@ class Trainer:
             task.net = net
 
     def _fit(self, task, net, train_ds, val_ds, resume):
-        cfg, main = self.cfg, self.dist.main
+        main = self.dist.main
         opt, sched = task.configure_optimizers()
         scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        start, best = 0, None
+        start, best, skip = 0, None, (0, 0.0, 0)
         last = self.out / "last.pt"
         if resume and last.exists():
-            ck = load_checkpoint(last, map_location=self.device)
-            net.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            if sched is not None and ck.get("scheduler"):
-                sched.load_state_dict(ck["scheduler"])
-            scaler.load_state_dict(ck["scaler"])
-            _set_rng_state(ck["rng"])
-            start, best = ck["epoch"], ck["best"]
-            self.history = json.loads(ck["history"])
-            self._emit("resumed", {"epoch": start})
+            start, best, skip = self._restore(last, net, opt, sched, scaler)
             if self._should_stop():  # it had already stopped early: resuming must not train on
                 return self.history
         elif not resume and main:
             for stale in ("last.pt", "best.pt"):
                 (self.out / stale).unlink(missing_ok=True)
+        with _PreemptionGuard() as guard:
+            return self._epochs(task, net, opt, sched, scaler, train_ds, val_ds, start, best, skip, guard)
+
+    def _epochs(self, task, net, opt, sched, scaler, train_ds, val_ds, start, best, skip, guard):
+        cfg, main, last = self.cfg, self.dist.main, self.out / "last.pt"
+        every = max(1, cfg.nonfinite_check_every)
         for epoch in range(start, cfg.epochs):
             t0 = time.perf_counter()
             task.train()
-            loader = self._loader(train_ds, epoch)
-            total, n = torch.zeros((), device=self.device), 0
+            first, total0, n = skip if epoch == start else (0, 0.0, 0)
+            loader = self._loader(train_ds, epoch, skip_batches=first)
+            total, bad = torch.tensor(total0, device=self.device), torch.zeros((), dtype=torch.bool, device=self.device)
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress, leave=False)
-            for step, batch in enumerate(bar):
+            checked, step = first, first - 1
+            for step, batch in enumerate(bar, start=first):
                 batch = [b.to(self.device, non_blocking=True) if torch.is_tensor(b) else b for b in batch]
                 with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
                     loss = task.train_step(batch)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}, step {step}")
+                bad |= ~torch.isfinite(loss.detach())  # on the device: no host sync per step
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)
@@ -228,6 +314,14 @@ class Trainer:
                 total += loss.detach()
                 n += 1
                 self._emit("train_batch_end", {"epoch": epoch, "step": step})
+                if (step + 1) % every == 0:
+                    checked = self._check_finite(bad, epoch, checked, step)
+                if guard.stop:  # SIGTERM: this step is done; keep it and leave
+                    self._check_finite(bad, epoch, checked, step)
+                    self._save_last(net, opt, sched, scaler, epoch, best, last, partial=(step + 1, float(total), n))
+                    self._checkpoints.wait()
+                    raise Preempted(f"stopped by SIGTERM at epoch {epoch + 1}, step {step + 1}; resume with --resume")
+            self._check_finite(bad, epoch, checked, step)
             if sched is not None:
                 sched.step()
             stats = all_reduce_sum(torch.stack([total.float(), torch.tensor(float(n), device=self.device)]))
@@ -245,12 +339,10 @@ class Trainer:
             metric = rec[task.monitor]
             if self._better(metric, best):
                 best = metric
-                _atomic_save({"model": net.state_dict(), "epoch": epoch + 1, task.monitor: metric},
-                             self.out / "best.pt")
-            _atomic_save({"model": net.state_dict(), "optimizer": opt.state_dict(),
-                          "scheduler": sched.state_dict() if sched is not None else {},
-                          "scaler": scaler.state_dict(), "rng": _rng_state(), "epoch": epoch + 1, "best": best,
-                          "history": json.dumps(self.history), "config": json.dumps(asdict(cfg))}, last)
+                self._checkpoints.save({"model": net.state_dict(), "epoch": epoch + 1, task.monitor: metric},
+                                       self.out / "best.pt")
+            if (epoch + 1) % max(1, cfg.checkpoint_every) == 0 or epoch + 1 == cfg.epochs or guard.stop:
+                self._save_last(net, opt, sched, scaler, epoch + 1, best, last)
             if self.logger is not None:
                 self.logger.log_metrics({k: v for k, v in rec.items() if k != "epoch"}, step=epoch + 1)
             if self.progress:
@@ -262,8 +354,43 @@ class Trainer:
             if stop:
                 if self.progress:
                     tqdm.write(f"early stopping: no better {task.monitor} for {cfg.early_stopping} epochs")
+                self._save_last(net, opt, sched, scaler, epoch + 1, best, last)
                 break
+            if guard.stop:
+                self._checkpoints.wait()
+                raise Preempted(f"stopped by SIGTERM after epoch {epoch + 1}; resume with --resume")
+        self._checkpoints.wait()
         return self.history
+
+    def _check_finite(self, bad: torch.Tensor, epoch: int, first: int, step: int) -> int:
+        """Read the device-side non-finite flag (every N steps and at epoch end): fail naming the step range."""
+        if bool(bad):
+            raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}, steps {first}-{step}")
+        return step + 1
+
+    def _save_last(self, net, opt, sched, scaler, epoch: int, best, last: Path, partial=None) -> None:
+        """``last.pt``: everything a resume needs (``partial``: steps done, loss sum and count of an unfinished
+        epoch), written from a CPU copy by the background writer."""
+        self._checkpoints.save({"model": net.state_dict(), "optimizer": opt.state_dict(),
+                                "scheduler": sched.state_dict() if sched is not None else {},
+                                "scaler": scaler.state_dict(), "rng": _rng_state(), "epoch": epoch, "best": best,
+                                "partial": list(partial or (0, 0.0, 0)), "history": json.dumps(self.history),
+                                "config": json.dumps(asdict(self.cfg))}, last)
+
+    def _restore(self, last: Path, net, opt, sched, scaler):
+        """Resume from ``last.pt`` on any device: loaded on the CPU, states moved to the model's device by
+        ``load_state_dict``, generators restored from CPU byte tensors. Returns (start epoch, best, partial)."""
+        ck = load_checkpoint(last, map_location="cpu")
+        net.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])  # moves the optimiser state to each parameter's device
+        if sched is not None and ck.get("scheduler"):
+            sched.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck["scaler"])
+        _set_rng_state(ck["rng"])
+        self.history = json.loads(ck["history"])
+        partial = tuple(ck.get("partial", (0, 0.0, 0)))
+        self._emit("resumed", {"epoch": ck["epoch"], "step": partial[0]})
+        return ck["epoch"], ck["best"], (int(partial[0]), float(partial[1]), int(partial[2]))
 
     def _stop_together(self, stop: bool) -> bool:
         """Under DDP every rank must leave the loop in the same epoch: rank 0 decides, the others learn it."""

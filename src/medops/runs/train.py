@@ -197,6 +197,7 @@ def _tracked_fit(cfg, fam, p, w: dict, tags: dict, fingerprint: str, resume: boo
     from medops import tracking
     from medops.engine import Trainer, load_checkpoint
     from medops.engine.distributed import shutdown
+    from medops.engine.trainer import Preempted
 
     fcfg, out, is_cell = cfg.family(fam.name), p.out, p.kind != "main" and not p.kind.startswith("pretrain:")
     out.mkdir(parents=True, exist_ok=True)
@@ -229,6 +230,9 @@ def _tracked_fit(cfg, fam, p, w: dict, tags: dict, fingerprint: str, resume: boo
         if not is_cell:
             raise
         return _fail_cell(p, run.info.run_id, exc, fingerprint)
+    except Preempted as exc:  # SIGTERM: last.pt holds the finished step; the retry resumes (--resume)
+        tracking.end_run("KILLED", reason=str(exc))
+        raise
     except BaseException as exc:
         tracking.end_run("FAILED" if not isinstance(exc, KeyboardInterrupt) else "KILLED", reason=repr(exc))
         raise
