@@ -27,10 +27,10 @@ import hmac
 import os
 import secrets
 import shutil
-import tempfile
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from medops.data.io import write_folder_atomically
 from medops.errors import DataError
 
 METHOD = "PS3.15 Annex E Basic Profile, Modified Dates (medops)"  # LO: at most 64 characters
@@ -162,9 +162,9 @@ def deidentify_folder(src: Path, dst: Path, key_file: Path, force: bool = False)
     key = load_key(key_file, dst)
     deid = Deidentifier(key)
     files = sorted(p for p in src.rglob("*") if p.is_file())
-    tmp = Path(tempfile.mkdtemp(prefix=".deid-", dir=dst.parent if dst.parent.exists() else None))
-    n_dicom = 0
-    try:
+    counts = {"dicom": 0}
+
+    def produce(tmp: Path) -> None:
         for f in files:
             out = tmp / f.relative_to(src)
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -175,15 +175,11 @@ def deidentify_folder(src: Path, dst: Path, key_file: Path, force: bool = False)
                 continue
             deid.dataset(ds, str(f))
             ds.save_as(out)
-            n_dicom += 1
-        if dst.exists():
-            shutil.rmtree(dst)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp.rename(dst)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            counts["dicom"] += 1
+
+    write_folder_atomically(dst, produce)
     _append_map(Path(str(key_file) + ".map.csv"), deid.seen)
-    return {"files": len(files), "dicom": n_dicom, "patients": len(deid.seen), "out": str(dst)}
+    return {"files": len(files), "dicom": counts["dicom"], "patients": len(deid.seen), "out": str(dst)}
 
 
 def _append_map(path: Path, seen: dict) -> None:

@@ -156,3 +156,22 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def write_folder_atomically(out: Path, produce):
+    """``produce(tmp)`` fills a temporary folder beside ``out``, which then replaces ``out`` in one rename:
+    ``out`` is complete or untouched, never half-written. Returns what ``produce`` returned."""
+    import shutil
+    import tempfile
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        result = produce(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+        return result
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

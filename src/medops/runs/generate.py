@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from medops import layout
+from medops.data.io import write_folder_atomically
 from medops.errors import DataError
 from medops.families import family_of_dataset
 from medops.locks import exclusive
@@ -26,14 +25,6 @@ def generate(cfg, dataset: str, out: Path | None = None, force: bool = False) ->
         raise DataError(str(out), "no_overwrite: the output folder already holds a dataset",
                         "choose another --out, or pass --force to replace it (dvc repro removes it for you)")
     with exclusive(out, f"the dataset folder of {dataset}"):
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent if out.parent.exists() else None))
-        try:
-            manifest = fam.generate(cfg, dataset, tmp)
-            if out.exists():
-                shutil.rmtree(out)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp.rename(out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        manifest = write_folder_atomically(out, lambda tmp: fam.generate(cfg, dataset, tmp))
     fam.contact_sheet(cfg, dataset, out, layout.contact_sheet(dataset))
     return manifest
