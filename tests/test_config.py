@@ -82,3 +82,21 @@ def test_family_sections_come_from_the_registered_families():
         assert isinstance(cfg.family(name), get_family(name).config_class)
         for sec, dc in get_family(name).sections.items():
             assert isinstance(cfg.section(sec), dc)
+
+
+@pytest.mark.parametrize("kind", ["cells", "factors"])
+def test_cell_and_factor_names_that_would_escape_their_folder_are_refused(tmp_path, kind):
+    """Cell names become models/<family>/cells/<cell>/ and factor names reports/ablation/<family>/table_<factor>.csv."""
+    import yaml
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    abl = params["ablation"]["fusion_seg"]
+    if kind == "cells":
+        abl["cells"]["../../escape"] = {}
+    else:
+        abl["factors"]["../x"] = ["a"]
+        abl["baseline"]["../x"] = "a"
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match="safe_identifier"):
+        load_config(p)
