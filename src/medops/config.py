@@ -164,7 +164,8 @@ class TrainConfig:
         "epochs": "[1, inf)", "loss": ("dice_bce", "ce", "focal"), "dice_weight": "[0, inf)", "bce_weight": "[0, inf)",
         "scheduler": ("cosine", "none"), "num_workers": "[0, inf)", "early_stopping": "[0, inf)",
         "focal_gamma": "[0, inf)", "class_weights": ("none", "inverse_frequency"), "checkpoint_every": "[1, inf)",
-        "nonfinite_check_every": "[1, inf)"}
+        "nonfinite_check_every": "[1, inf)", "precision": ("auto", "fp32", "bf16", "fp16"),
+        "channels_last": ("auto", True, False), "device_data_share": "[0, 1]"}
     optimizer: str = "adam"
     lr: float = 1e-4
     weight_decay: float = 0.0
@@ -176,7 +177,10 @@ class TrainConfig:
     scheduler: str = "cosine"
     seed: int = 0
     num_workers: int = 0
-    amp: bool = True
+    precision: str = "auto"               # auto | fp32 | bf16 | fp16 (medops.engine.policy)
+    channels_last: bool | str = "auto"    # auto (CUDA conv nets) | true | false
+    compile: bool = False                 # torch.compile the net (pays off on long GPU runs)
+    device_data_share: float = 0.5        # hold the data on the device if it fits in this share of its memory
     monitor: str = "val_dice"
     early_stopping: int = 0               # stop after this many epochs without a better monitor value (0: off)
     checkpoint_every: int = 1             # write last.pt every N epochs (and at the end, on early stop, on SIGTERM)

@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
-
+from medops.engine.resident import ResidentDataset
 from medops.errors import DataError
 from medops.preprocess.shards import load_shard
 
@@ -28,7 +27,7 @@ def load_split(pre_dir: str | Path, index: pd.DataFrame, split: str | None):
     return rows, torch.from_numpy(np.stack(imgs)), np.stack(masks)
 
 
-class SegmentationShardDataset(Dataset):
+class SegmentationShardDataset(ResidentDataset):
     """Segmentation cases of one split: ``(image [3,S,S] float32, mask [1,S,S] float32, case_id)``."""
 
     def __init__(self, pre_dir: str | Path, index: pd.DataFrame, split: str | None):
@@ -42,8 +41,14 @@ class SegmentationShardDataset(Dataset):
     def __getitem__(self, i):
         return self.images[i].float(), self.masks[i].float(), i
 
+    def resident_tensors(self):
+        return {"images": self.images, "masks": self.masks}
 
-class ClassificationDataset(Dataset):
+    def resident_batch(self, t, idx):
+        return [t["images"][idx].float(), t["masks"][idx].float(), idx]
+
+
+class ClassificationDataset(ResidentDataset):
     """Cases of one split: ``(image [3,S,S] float32 in [0,1], label int64, index)``.
 
     ``augment`` (training split only; paper 002 section 3.2): random rotation (degrees),
@@ -73,3 +78,12 @@ class ClassificationDataset(Dataset):
         if self.transform is not None:
             x = self.transform(x)
         return x, self.labels[i], i
+
+    def resident_tensors(self):
+        return {"images": self.images, "labels": self.labels}
+
+    def resident_batch(self, t, idx):
+        x = t["images"][idx].float()
+        if self.transform is not None:  # per case, in batch order: the same draws as the DataLoader path
+            x = torch.stack([self.transform(xi) for xi in x])
+        return [x, t["labels"][idx], idx]

@@ -1,3 +1,3 @@
 """One trainer with hooks for every family."""
 
-from medops.engine.trainer import TaskModule, Trainer, load_checkpoint, seed_everything  # noqa: F401
+from medops.engine.trainer import TaskModule, Trainer, load_checkpoint, pick_device, seed_everything  # noqa: F401

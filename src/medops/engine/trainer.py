@@ -2,12 +2,14 @@
 
 A family supplies a :class:`TaskModule` (``train_step``, ``validation_step``,
 ``validation_epoch_end``, ``configure_optimizers``, ``epoch_extras``); the
-trainer owns the loop: device choice (CUDA + AMP when present), seeding, a
+trainer owns the loop: device choice, the precision and speed policy
+(:mod:`medops.engine.policy`: bf16/fp16 autocast, channels-last, ``torch.compile``, fused Adam),
+data resident on the device when it fits (:mod:`medops.engine.resident`), seeding, a
 per-epoch seeded data order, a progress bar, per-epoch metrics to a logger,
 the best checkpoint on the monitored metric, and ``last.pt`` with the full
 state (model, optimiser, scheduler, grad scaler, RNG, epoch, history) so a
 killed run resumed with ``resume=True`` ends exactly where an uninterrupted
-run would (on CPU). Checkpoints load with ``torch.load(weights_only=True)``.
+run would. Checkpoints load with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from medops.config import TrainConfig
+from medops.engine import resident
 from medops.engine.distributed import all_reduce_sum, barrier, env_info
+from medops.engine.policy import check_resumable, resolve_policy
 from medops.errors import ConfigError, DataError
 
 
@@ -80,8 +84,9 @@ class TaskModule(nn.Module):
 
     def configure_optimizers(self):
         cfg = self.cfg
-        if cfg.optimizer == "adam":
-            opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.optimizer == "adam":  # fused (one kernel for all parameters) where they live on CUDA
+            fused = all(p.is_cuda for p in self.net.parameters()) or None
+            opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
         elif cfg.optimizer == "sgd":
             opt = torch.optim.SGD(self.net.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
         else:
@@ -208,6 +213,19 @@ class _PreemptionGuard:
         return False
 
 
+class _Sized:
+    """An iterator with a length (for the progress bar)."""
+
+    def __init__(self, it, n: int):
+        self.it, self.n = it, n
+
+    def __iter__(self):
+        return iter(self.it)
+
+    def __len__(self):
+        return self.n
+
+
 class Trainer:
     """Fit a :class:`TaskModule` on datasets; checkpoints under ``out_dir``."""
 
@@ -223,19 +241,21 @@ class Trainer:
         if self.dist.world > 1 and cfg.batch_size % self.dist.world:
             raise ConfigError("train.batch_size", f"global batch {cfg.batch_size} is not divisible by "
                               f"{self.dist.world} processes", "choose a batch size that is a multiple of --nproc")
-        self.amp = bool(cfg.amp and self.device.type == "cuda")
+        self.policy = resolve_policy(cfg, self.device, task.net)  # a precision the device lacks fails here
+        self.data = ("loader", "")  # where the training data lives: set by fit
         self.callbacks = callbacks or []
         self.history: list[dict] = []
         self._checkpoints = _CheckpointWriter(background=cfg.async_checkpoint)
         self.progress = progress and self.dist.main
+        self._resident: dict = {}
         self.out.mkdir(parents=True, exist_ok=True)
 
     # -- data
     def _loader(self, ds: Dataset, epoch: int | None, skip_batches: int = 0) -> DataLoader:
         kw = dict(batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers,
                   pin_memory=self.device.type == "cuda")
-        if epoch is None:
-            return DataLoader(ds, shuffle=False, **kw)
+        if epoch is None:  # its own generator: starting it draws nothing from the global RNG
+            return DataLoader(ds, shuffle=False, generator=torch.Generator().manual_seed(0), **kw)
         if self.dist.world > 1:
             sampler = DistributedSampler(ds, num_replicas=self.dist.world, rank=self.dist.rank, shuffle=True,
                                          seed=self.cfg.seed * 100_003, drop_last=True)
@@ -249,11 +269,39 @@ class Trainer:
         # an epoch's iterator consumes nothing that dropout or augmentation draw from (exact mid-epoch resume)
         kw["generator"] = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch + 7)
         if skip_batches:  # resuming inside an epoch: the same order, without the batches already trained
-            order = list(RandomSampler(ds, generator=g))
-            n_full = len(order) // self.cfg.batch_size * self.cfg.batch_size if drop_last else len(order)
-            rest = order[skip_batches * self.cfg.batch_size:n_full]
-            return DataLoader(torch.utils.data.Subset(ds, rest), shuffle=False, **kw)
+            return DataLoader(torch.utils.data.Subset(ds, self._order(ds, epoch, skip_batches).tolist()),
+                              shuffle=False, **kw)
         return DataLoader(ds, sampler=RandomSampler(ds, generator=g), drop_last=drop_last, **kw)
+
+    def _order(self, ds: Dataset, epoch: int, skip_batches: int = 0) -> torch.Tensor:
+        """The cases an epoch trains on, in order: a function of (seed, epoch) only, the same for the
+        DataLoader and the resident path (full batches only when there is more than one)."""
+        g = torch.Generator()
+        g.manual_seed(self.cfg.seed * 100_003 + epoch)
+        order = torch.tensor(list(RandomSampler(ds, generator=g)), dtype=torch.long)
+        bs = self.cfg.batch_size
+        n_full = len(order) // bs * bs if len(ds) > bs else len(order)
+        return order[skip_batches * bs:n_full]
+
+    def _batches(self, ds: Dataset, epoch: int | None, skip_batches: int = 0):
+        """An epoch's batches (``epoch=None``: the whole split in order, for validation), from the tensors held
+        on the device or from a DataLoader."""
+        held = self._resident.get(id(ds))
+        if held is None:
+            return self._loader(ds, epoch, skip_batches)
+        order = torch.arange(len(ds)) if epoch is None else self._order(ds, epoch, skip_batches)
+        return _Sized(resident.batches(ds, held, order, self.cfg.batch_size), -(-len(order) // self.cfg.batch_size))
+
+    def _to_device(self, batch) -> list:
+        fmt = self.policy.memory_format
+        out = []
+        for b in batch:
+            if torch.is_tensor(b):
+                b = b.to(self.device, non_blocking=True)
+                if fmt is not None and b.is_floating_point() and b.dim() == (5 if self.policy.conv_dims == 3 else 4):
+                    b = b.contiguous(memory_format=fmt)
+            out.append(b)
+        return out
 
     def _emit(self, event: str, info: dict) -> None:
         for cb in self.callbacks:
@@ -265,20 +313,31 @@ class Trainer:
         return value > best if self.task.monitor_mode == "max" else value < best
 
     def fit(self, train_ds: Dataset, val_ds: Dataset, *, resume: bool = False) -> list[dict]:
-        task, cfg = self.task.to(self.device), self.cfg
+        task, cfg, pol = self.task.to(self.device), self.cfg, self.policy
         seed_everything(cfg.seed)
         net = task.net
+        if pol.memory_format is not None:
+            net.to(memory_format=pol.memory_format)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # a run's shapes are fixed: autotune the convolutions once
+        self.data = resident.placement([train_ds, val_ds], self.device, cfg.device_data_share, self.dist.world)
+        self._resident = ({id(d): resident.to_device(d, self.device) for d in (train_ds, val_ds)}
+                          if self.data[0] == "device" else {})
+        self._emit("engine", {**pol.as_params(), "engine.data": self.data[0], "engine.device": str(self.device)})
         if self.dist.world > 1:  # the task's train_step calls self.net: let it call the DDP wrapper
             task.net = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if pol.compile:
+            task.net = torch.compile(task.net)
         try:
             return self._fit(task, net, train_ds, val_ds, resume)
         finally:
             task.net = net
+            self._resident = {}
 
     def _fit(self, task, net, train_ds, val_ds, resume):
         main = self.dist.main
         opt, sched = task.configure_optimizers()
-        scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.policy.grad_scaler)
         start, best, skip = 0, None, (0, 0.0, 0)
         last = self.out / "last.pt"
         if resume and last.exists():
@@ -298,13 +357,13 @@ class Trainer:
             t0 = time.perf_counter()
             task.train()
             first, total0, n = skip if epoch == start else (0, 0.0, 0)
-            loader = self._loader(train_ds, epoch, skip_batches=first)
+            loader = self._batches(train_ds, epoch, skip_batches=first)
             total, bad = torch.tensor(total0, device=self.device), torch.zeros((), dtype=torch.bool, device=self.device)
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress, leave=False)
             checked, step = first, first - 1
             for step, batch in enumerate(bar, start=first):
-                batch = [b.to(self.device, non_blocking=True) if torch.is_tensor(b) else b for b in batch]
-                with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                batch = self._to_device(batch)
+                with self.policy.autocast(self.device):
                     loss = task.train_step(batch)
                 bad |= ~torch.isfinite(loss.detach())  # on the device: no host sync per step
                 opt.zero_grad(set_to_none=True)
@@ -375,12 +434,14 @@ class Trainer:
                                 "scheduler": sched.state_dict() if sched is not None else {},
                                 "scaler": scaler.state_dict(), "rng": _rng_state(), "epoch": epoch, "best": best,
                                 "partial": list(partial or (0, 0.0, 0)), "history": json.dumps(self.history),
+                                "precision": self.policy.precision,
                                 "config": json.dumps(asdict(self.cfg))}, last)
 
     def _restore(self, last: Path, net, opt, sched, scaler):
         """Resume from ``last.pt`` on any device: loaded on the CPU, states moved to the model's device by
         ``load_state_dict``, generators restored from CPU byte tensors. Returns (start epoch, best, partial)."""
         ck = load_checkpoint(last, map_location="cpu")
+        check_resumable(ck, self.policy, str(last))
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])  # moves the optimiser state to each parameter's device
         if sched is not None and ck.get("scheduler"):
@@ -415,9 +476,9 @@ class Trainer:
         if net is not None:
             self.task.net = net  # validate the bare module: no gradient sync, no collective calls
         outs = []
-        for batch in self._loader(ds, None):
-            batch = [b.to(self.device) if torch.is_tensor(b) else b for b in batch]
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+        for batch in self._batches(ds, None):
+            batch = self._to_device(batch)
+            with self.policy.autocast(self.device):
                 outs.append(self.task.validation_step(batch))
         metrics = {**self.task.validation_epoch_end(outs), **self.task.epoch_extras()}
         self.task.net = wrapped

@@ -135,8 +135,9 @@ def _fail_cell(p, run_id: str, exc: Exception, fingerprint: str) -> dict:
 def train(cfg, family: str, *, resume: bool = False, progress: bool = True, cell: str | None = None,
           seed: int | None = None, force: bool = False, pretrain: str | None = None) -> dict:
     """Train ``family``'s main model, ablation ``cell`` with ``seed``, or pretraining ``pretrain``."""
-    from medops.engine import load_checkpoint
+    from medops.engine import load_checkpoint, pick_device
     from medops.engine.distributed import init_distributed
+    from medops.engine.policy import check_resumable, resolve_policy
     from medops.preprocess import load_index
     from medops.preprocess.shards import require_current
     from medops.validation import require_passed
@@ -154,8 +155,9 @@ def train(cfg, family: str, *, resume: bool = False, progress: bool = True, cell
     if not dinfo.main:
         return _train_rank(fam, fcfg, p, pre, index, resume)
     with exclusive(p.out, f"the training folder of {family} ({p.kind})"):
-        if resume and (p.out / "last.pt").exists():
-            load_checkpoint(p.out / "last.pt")  # a damaged or foreign checkpoint fails here, before any run changes
+        if resume and (p.out / "last.pt").exists():  # a damaged or foreign checkpoint, or one of another precision
+            check_resumable(load_checkpoint(p.out / "last.pt"), resolve_policy(p.train_cfg, pick_device()),
+                            str(p.out / "last.pt"))  # policy, fails here, before any run changes
         if not resume and not force:
             done = _already_done(p, fingerprint)
             if done is not None:
@@ -215,7 +217,8 @@ def _tracked_fit(cfg, fam, p, w: dict, tags: dict, fingerprint: str, resume: boo
             tracking.log_params_and_config(cfg.raw | {
                 "family": fam.name, "profile": cfg.profile, "cell": tags["cell"], "dataset_used": p.dataset,
                 "resolved_model": asdict(p.model_cfg), "resolved_train": asdict(p.train_cfg), "world_size": world})
-        trainer = Trainer(w["task"], p.train_cfg, out, logger=tracking.MlflowLogger(run.info.run_id), progress=progress)
+        trainer = Trainer(w["task"], p.train_cfg, out, logger=tracking.MlflowLogger(run.info.run_id), progress=progress,
+                          callbacks=[lambda event, info: event == "engine" and tracking.log_new_params(info)])
         history = trainer.fit(w["train_ds"], w["val_ds"], resume=resume)
         pd.DataFrame(history).to_csv(out / "history.csv", index=False)
         best = load_checkpoint(out / "best.pt")

@@ -172,6 +172,21 @@ def log_params_and_config(config: dict) -> None:
     mlflow.log_dict(config, "config/resolved_params.json")
 
 
+def log_new_params(params: dict) -> None:
+    """Params of the active run not logged yet (a resumed run keeps what its first attempt logged; where the
+    retry differs — e.g. data resident on another device — the new value goes to a ``resumed.`` tag)."""
+    import mlflow
+
+    run = mlflow.active_run()
+    have = mlflow.get_run(run.info.run_id).data.params
+    new = {k: str(v) for k, v in params.items() if k not in have}
+    if new:
+        mlflow.log_params(new)
+    changed = {f"resumed.{k}": str(v) for k, v in params.items() if k in have and have[k] != str(v)}
+    if changed:
+        mlflow.set_tags(changed)
+
+
 class MlflowLogger:
     """Per-epoch metrics in one batched call (``MlflowClient.log_batch``)."""
 
