@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PROFILE ?= quick
 PYTHON ?= python3
 
-.PHONY: venv run repro test test-fast lock bench clean system-deps services-start services-stop
+.PHONY: venv run repro test test-fast lock bench gpu-wheels clean system-deps services-start services-stop
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ test-fast: venv
 
 bench: venv  ## benchmarks/ (numbers in README)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/run_all.py
+
+gpu-wheels:  ## what benchmarks/gpu.py needs on the GPU machine beyond its torch (MONAI, safetensors) into .whl/
+	$(BIN)/pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+	  --platform manylinux2014_x86_64 -d .whl monai==1.6.1 safetensors==0.8.0
 
 lock:  ## re-resolve requirements.in into the pinned lock (needs uv)
 	uv pip compile requirements.in --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements.lock

@@ -45,6 +45,16 @@ def cells_of(params: dict, family: str) -> list[tuple[str, int]]:
     return [(c, int(s)) for c in abl.get("cells", {}) for s in abl.get("seeds", [])]
 
 
+def parallel_cells(params: dict) -> int:
+    """How many ablation cells run at once: ``gpus x cells_per_gpu`` (several cells share one GPU: measured
+    by benchmarks/gpu.py), one at a time without GPUs."""
+    orch = params.get("orchestration", {})
+    gpus, per = int(orch.get("gpus", 0)), int(orch.get("cells_per_gpu", 1))
+    if gpus < 0 or per < 1:
+        raise ValueError(f"params.yaml:orchestration: gpus must be >= 0 and cells_per_gpu >= 1 (got {gpus}, {per})")
+    return max(1, gpus * per)
+
+
 def _medops() -> str:
     default = PROJECT / ".venv" / "bin" / "medops"
     return os.environ.get("MEDOPS_BIN", str(default) if default.exists() else "medops")
@@ -150,13 +160,14 @@ def build_family_dag(family: str, params: dict | None = None) -> DAG:
             from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 
             ablate = KubernetesPodOperator.partial(
-                task_id="ablate", name=f"medops-{family}-cell", cmds=["medops"], **pod_spec(kcfg, gpus=gpus)
+                task_id="ablate", name=f"medops-{family}-cell", cmds=["medops"], **pod_spec(kcfg, gpus=gpus),
+                max_active_tis_per_dagrun=parallel_cells(params),
             ).expand(arguments=cell_args)
         else:
             from airflow.providers.standard.operators.bash import BashOperator
 
             base = f"cd {shlex.quote(str(PROJECT))} && {shlex.quote(_medops())} "
-            ablate = BashOperator.partial(task_id="ablate").expand(
+            ablate = BashOperator.partial(task_id="ablate", max_active_tis_per_dagrun=parallel_cells(params)).expand(
                 bash_command=[base + " ".join(a) for a in cell_args])
         report = make("report", ["report", family])
         promote = make("promote", ["promote", family])

@@ -147,3 +147,17 @@ def test_the_checker_catches_a_pod_missing_limits_or_security(k8s_dag):
     bad["spec"]["containers"][0]["env"] = [{"name": "AWS_SECRET_ACCESS_KEY", "value": "x"}]
     v = pod_violations(bad, gpu=True)
     assert "allowPrivilegeEscalation false" in v and "credential AWS_SECRET_ACCESS_KEY inlined" in v
+
+
+def test_ablation_concurrency_is_gpus_times_cells_per_gpu(factory):
+    params = copy.deepcopy(factory.load_params(ROOT))
+    assert factory.build_family_dag("fusion_seg", params).task_dict["ablate"].partial_kwargs[
+        "max_active_tis_per_dagrun"] == 1                               # gpus: 0 -> one cell at a time
+    params["orchestration"].update(gpus=2, cells_per_gpu=3)
+    for executor in ("local", "kubernetes"):
+        params["orchestration"]["executor"] = executor
+        ablate = factory.build_family_dag("fusion_seg", params).task_dict["ablate"]
+        assert ablate.partial_kwargs["max_active_tis_per_dagrun"] == 6, executor
+    params["orchestration"]["cells_per_gpu"] = 0
+    with pytest.raises(ValueError, match="cells_per_gpu"):
+        factory.build_family_dag("fusion_seg", params)

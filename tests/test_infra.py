@@ -85,3 +85,14 @@ def test_dockerfile_is_non_root_and_installs_from_the_lock():
     users = re.findall(r"^USER (\S+)", text, re.M)
     assert users and not users[-1].startswith(("root", "0"))
     assert 'ENTRYPOINT ["medops"]' in text
+
+
+def test_gpu_time_slicing_config_is_valid_and_agrees_with_cells_per_gpu():
+    """Several cells per GPU: the device plugin's time-slicing replicas = params orchestration.cells_per_gpu."""
+    import kubernetes_validate
+
+    cm = yaml.safe_load((ROOT / "infra/k8s/gpu-sharing/time-slicing.yaml").read_text())
+    kubernetes_validate.validate(cm, K8S_VERSION, strict=True)
+    sharing = yaml.safe_load(cm["data"]["any"])["sharing"]["timeSlicing"]["resources"][0]
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert sharing == {"name": "nvidia.com/gpu", "replicas": params["orchestration"]["cells_per_gpu"]}

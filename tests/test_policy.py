@@ -175,3 +175,26 @@ def test_bf16_autocast_reaches_fp32_quality_within_0_01(tmp_path, smoke_cfg):
     assert final["fp32"] > 0.85, final                                  # trained: the comparison means something
     assert abs(final["bf16"] - final["fp32"]) <= 0.01, final
     assert abs(best["bf16"] - best["fp32"]) <= 0.01, best
+
+
+@pytest.mark.slow
+def test_the_gpu_script_runs_end_to_end_on_the_cpu(tmp_path):
+    """benchmarks/gpu.py is run once on a lent GPU: its --smoke mode (CPU, toy sizes) keeps it working, and
+    on the GPU machine it needs nothing the project does not carry (no MLflow, SimpleITK, OpenCV)."""
+    import json
+    import subprocess
+    import sys
+
+    absent = ("mlflow", "SimpleITK", "cv2", "great_expectations", "dvc", "airflow")   # not on the GPU machine
+    code = ("import runpy, sys; sys.modules.update(dict.fromkeys(%r)); "
+            "sys.argv = ['gpu.py', '--smoke', '--out', %r]; runpy.run_path('benchmarks/gpu.py', run_name='__main__')"
+            % (absent, str(tmp_path)))
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "gpu_smoke.json").read_text())
+    assert "errors" not in res, res
+    cp = res["cuda_path"]
+    assert cp["sigterm"].startswith("stopped by SIGTERM") and cp["resume_max_abs_diff_val_dice"] == 0.0
+    assert cp["resume_epochs"] == [3, 3]
+    assert res["policies"]["engine_over_bare"] > 0 and res["checkpoint"]["last_pt_mb"] > 0
+    assert set(res["estimates"]) == {"fusion_seg", "transfer_cls"}
