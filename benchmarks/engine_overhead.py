@@ -44,7 +44,7 @@ def main(profile: str = "quick", rounds: int = 4) -> dict:
     os.chdir(tempfile.mkdtemp())
     run = tracking.start_or_resume_run("bench", "engine_overhead", tags={})
     logger = tracking.MlflowLogger(run.info.run_id)
-    net = get_model("fusion_seg", **asdict(fam.model))
+    net = get_model(fam.model.arch, **{k: v for k, v in asdict(fam.model).items() if k != "arch"})
     bare_task = SegmentationTask(net, tcfg)
     opt, _ = bare_task.configure_optimizers()
     eng_times, bare_times = [], []

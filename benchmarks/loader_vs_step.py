@@ -19,7 +19,7 @@ def main(profile: str = "quick") -> dict:
     cfg, pre = prepared(profile)
     fam = cfg.family("fusion_seg")
     ds = ShardDataset(pre, pd.read_parquet(pre / "index.parquet"), None)
-    trainer = Trainer(SegmentationTask(get_model("fusion_seg", **asdict(fam.model)), fam.train), fam.train,
+    trainer = Trainer(SegmentationTask(get_model(fam.model.arch, **{k: v for k, v in asdict(fam.model).items() if k != "arch"}), fam.train), fam.train,
                       pre / "ck", progress=False)
     # loader alone: iterate the exact DataLoader the trainer uses
     n, t0 = 0, time.perf_counter()
