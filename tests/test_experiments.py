@@ -85,10 +85,10 @@ def test_paired_test_direction_and_size():
 
 
 def _fake_cells(root, spec):
-    """spec: cell -> (per-case dsc offset, status). Writes what `medops train --cell` writes."""
+    """spec: cell -> (per-case dsc offset, status[, converged]). Writes what `medops train --cell` writes."""
     cases = [f"c{i}" for i in range(30)]
     base = np.random.default_rng(1).uniform(0.5, 0.7, 30)
-    for cell, (offset, status) in spec.items():
+    for cell, (offset, status, *conv) in spec.items():
         for seed in (1, 2, 3):
             d = root / cell / f"seed{seed}"
             d.mkdir(parents=True)
@@ -102,6 +102,7 @@ def _fake_cells(root, spec):
                           "val_loss": [1.1, .9, .7, .6, .5]}).to_csv(d / "history.csv", index=False)
             (d / "status.json").write_text(json.dumps({
                 "status": "finished", "best_val_dice": float(dsc.mean()), "selection_score": float(dsc.mean()),
+                "epochs": 5, "early_stopped": conv[0] if conv else True,
                 "test": {"dsc": float(dsc.mean()), "iou": float((dsc / (2 - dsc)).mean()),
                          "sensitivity": float(dsc.mean()), "specificity": 0.99}}))
             (d / "run.json").write_text(json.dumps({"run_id": f"{cell}{seed}"}))
@@ -111,7 +112,7 @@ def test_report_tables_claims_and_gaps(tmp_path):
     cells = {"tri": {}, "us": {"modalities": "us"}, "mg": {"modalities": "mg"}, "mri": {"modalities": "mri"},
              "us_mg": {"modalities": "us_mg"}, "concat": {"fusion": "concat"}, "late": {"fusion": "late"}}
     abl = AblationConfig(seeds=(1, 2, 3), epochs=5, factors=FACTORS, baseline=BASE, cells=cells)
-    _fake_cells(tmp_path / "cells", {"tri": (0.2, "ok"), "us": (0.0, "ok"), "mg": (0.05, "ok"), "mri": (0.1, "ok"),
+    _fake_cells(tmp_path / "cells", {"tri": (0.2, "ok"), "us": (0.0, "ok", False), "mg": (0.05, "ok"), "mri": (0.1, "ok"),
                                      "us_mg": (0.12, "ok"), "concat": (0.2, "ok"), "late": (0.1, "failed")})
     summary = build_report(tmp_path / "cells", abl, tmp_path / "rep", profile="test")
     out = tmp_path / "rep"
@@ -125,9 +126,18 @@ def test_report_tables_claims_and_gaps(tmp_path):
     assert claims.loc["tri-modal > best bimodal", "worse"] == "us_mg"
     assert claims.loc["MRI > mammography (unimodal)", "verdict"] == "reproduced"
     assert claims.loc["attention > plain feature fusion", "verdict"] == "not reproduced"  # equal offsets
-    assert claims.loc["feature fusion > late fusion", "verdict"].startswith("not testable")
+    assert claims.loc["tri-modal > best unimodal", "verdict"] == "reproduced"    # vs mri, both converged
+    assert claims.loc["feature fusion > late fusion", "verdict"] == "untestable"
+    assert "missing or failed" in claims.loc["feature fusion > late fusion", "reason"]
+    unconverged = claims.loc["mammography > ultrasound (unimodal)"]  # mg beats us clearly, but us never plateaued
+    assert unconverged.verdict == "untestable" and "cell us did not converge: 3/3 seeds" in unconverged.reason
+    assert claims.loc["attention > plain feature fusion", "paper_effect"] == pytest.approx(0.026)
+    assert claims.loc["attention > plain feature fusion", "mde"] == pytest.approx(0.0)    # identical per-case values
+    assert mod.loc["us", "converged"] == "0/3" and mod.loc["mri", "converged"] == "3/3" and mod.loc["mri", "epochs"] == "5/5/5"
+    assert (out / "figures/validation_curves.png").stat().st_size > 5000
     md = (out / "report.md").read_text()
     assert "## Gaps" in md and "| late | 1 | failed | non-finite training loss |" in md
+    assert "| MDE | paper Δ | verdict | reason |" in md and "**untestable** | cell us did not converge" in md
     assert (out / "figures/modalities.png").stat().st_size > 5000
     lt = pd.read_csv(out / "loss_table.csv")
     assert list(lt.paper_epoch) == [20, 40, 60, 80, 100] and list(lt.our_epoch) == [1, 2, 3, 4, 5]
@@ -172,3 +182,35 @@ def test_gates():
     g = {x.name: x for x in evaluate_gates(validation="passed", test_mean=0.8, floor=0.5, metric="dsc",
                                             candidate_cases=cases, champion_cases=other, alpha=0.05)}
     assert "not comparable" in g["beats_champion"].reason
+    g = {x.name: x for x in evaluate_gates(validation="passed", test_mean=0.8, floor=0.5, metric="dsc",
+                                            candidate_cases=cases, champion_cases=None, alpha=0.05,
+                                            converged=(False, "mg seed 1 ran its whole 5-epoch budget"))}
+    assert not g["converged"].passed and "5-epoch budget" in g["converged"].reason   # never promoted
+    assert "converged" not in {x.name for x in evaluate_gates(
+        validation="passed", test_mean=0.8, floor=0.5, metric="dsc", candidate_cases=cases, champion_cases=None,
+        alpha=0.05)}                                                  # promote.require_converged: false
+
+
+def test_three_verdicts_underpowered_and_ceiling_are_untestable_with_the_reason():
+    """A test that could not have seen the paper's effect says so instead of 'not reproduced'."""
+    from medops.experiments.claims import judge, minimum_detectable_effect
+
+    rng = np.random.default_rng(0)
+    ok = pd.DataFrame({"cell": ["a", "b"], "seed": [1, 1], "status": "finished", "converged": True, "epochs": 9})
+    b = rng.uniform(0.6, 0.7, 10)
+    noisy = paired_test(b + rng.normal(0.005, 0.2, 10), b)        # 10 cases, sd 0.2: cannot see 0.03
+    v = judge(noisy, cells=ok, better_cell="a", worse_cell="b", paper_effect=0.03, worse_value=0.65)
+    assert v["verdict"] == "untestable" and v["reason"].startswith("underpowered") and v["mde"] > 0.03
+    assert v["mde"] == pytest.approx(minimum_detectable_effect(noisy["se"])) and noisy["se"] > 0
+    b = rng.uniform(0.6, 0.7, 400)
+    precise = paired_test(b + rng.normal(0.0, 0.01, 400), b)      # 400 cases: MDE << 0.03, no effect
+    v = judge(precise, cells=ok, better_cell="a", worse_cell="b", paper_effect=0.03, worse_value=0.65)
+    assert v["verdict"] == "not reproduced" and v["mde"] < 0.005
+    v = judge({**precise, "p": 0.001, "mean_diff": 0.02}, cells=ok, better_cell="a", worse_cell="b",
+              paper_effect=0.03, worse_value=0.65)
+    assert v["verdict"] == "reproduced"
+    tie = paired_test(np.ones(22), np.ones(22))                  # both arms perfect: no room for the effect
+    v = judge(tie, cells=ok, better_cell="a", worse_cell="b", paper_effect=0.05, worse_value=1.0)
+    assert v["verdict"] == "untestable" and v["reason"].startswith("ceiling")
+    v = judge(precise, cells=ok, better_cell="a", worse_cell="b", paper_effect=float("nan"), worse_value=0.65)
+    assert v["verdict"] == "not reproduced" and "no effect size" in v["reason"]

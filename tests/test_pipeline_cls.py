@@ -86,9 +86,14 @@ def test_report_gives_table1_with_paper_numbers_and_tests_the_claims(project):
     assert "paper 002, Table 1" in rep and "92.4" in rep and "85.2" in rep      # the paper beside ours
     assert "(not run)" in rep                                                    # vgg16 was not in this ablation
     claims = pd.read_csv(dst / "reports/ablation/transfer_cls/claims.csv").set_index("claim")
-    assert claims.loc["DenseNet201 > ResNet50", "verdict"] in ("reproduced", "not reproduced")
-    assert claims.loc["transfer (source-pretrained) > from scratch", "verdict"] in ("reproduced", "not reproduced")
-    assert claims.loc["ResNet50 > VGG16", "verdict"].startswith("not testable")
+    for claim in ("DenseNet201 > ResNet50", "transfer (source-pretrained) > from scratch"):
+        row = claims.loc[claim]
+        assert row.verdict in ("reproduced", "not reproduced", "untestable") and row.mde == row.mde, row
+        if row.verdict == "untestable":                          # e.g. a 2-epoch smoke cell: never converged
+            assert row.reason and isinstance(row.reason, str)
+    assert claims.loc["ResNet50 > VGG16", "verdict"] == "untestable"
+    assert "not run" in claims.loc["ResNet50 > VGG16", "reason"]
+    assert "| MDE | paper Δ | verdict | reason |" in rep and "figures/validation_curves.png" in rep
     t = pd.read_csv(dst / "reports/ablation/transfer_cls/table_backbone.csv").set_index("level")
     assert t.loc["densenet201", "seeds_ok"] == "2/2" and t.loc["densenet201", "auc_ci95"] == t.loc["densenet201", "auc_ci95"]
     assert (dst / "reports/ablation/transfer_cls/figures/backbone.png").exists()

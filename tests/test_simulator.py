@@ -95,3 +95,30 @@ def test_generate_writes_atomically_and_refuses_overwrite(tmp_path, smoke_cfg, m
         assert "no_overwrite" in str(exc) and "--force" in str(exc)
     assert (out / "manifest.parquet").read_bytes() == before
     assert (tmp_path / "reports/data/breast-trimodal_contact_sheet.png").stat().st_size > 10_000
+
+
+def test_extra_test_cases_are_new_patients_in_the_test_split_and_change_nothing_else(tmp_path, smoke_cfg):
+    """A test set sized for the claims (generate.test_cases, rare_disease.datasets.*.test_cases): the same
+    simulator, new patients, test split only; the existing cases, images and splits stay as they were."""
+    import dataclasses
+
+    import pandas as pd
+
+    from medops.data import breast_trimodal, rare_disease
+
+    g = dataclasses.replace(smoke_cfg.generate, n_cases=12, workers=1)
+    a = breast_trimodal.generate(g, smoke_cfg.split, tmp_path / "a", progress=False)
+    b = breast_trimodal.generate(dataclasses.replace(g, test_cases=5), smoke_cfg.split, tmp_path / "b", progress=False)
+    same = b[b.case_id.isin(a.case_id)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(a.reset_index(drop=True), same, check_dtype=False)
+    new = b[~b.case_id.isin(a.case_id)]
+    assert new.case_id.nunique() == 5 and set(new.split) == {"test"} and not set(new.patient_id) & set(a.patient_id)
+    assert (tmp_path / "a" / a.path.iloc[0]).read_bytes() == (tmp_path / "b" / a.path.iloc[0]).read_bytes()
+
+    a = rare_disease.generate("gaucher-ct", 40, 0.2, 64, 11, smoke_cfg.split, tmp_path / "c", progress=False)
+    b = rare_disease.generate("gaucher-ct", 40, 0.2, 64, 11, smoke_cfg.split, tmp_path / "d", progress=False,
+                              test_cases=30)
+    same = b[b.case_id.isin(a.case_id)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(a.reset_index(drop=True), same[a.columns], check_dtype=False)
+    new = b[~b.case_id.isin(a.case_id)].drop_duplicates("case_id")
+    assert len(new) == 30 and set(new.split) == {"test"} and (new.label == "gaucher").sum() == 6   # same prevalence

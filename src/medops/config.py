@@ -200,7 +200,9 @@ class AblationConfig:
     RULES: ClassVar[dict] = {"epochs": "[1, inf)"}
 
     seeds: tuple[int, ...] = (1, 2, 3)
-    epochs: int = 2
+    epochs: int = 2                       # the budget: at most this many epochs per cell
+    patience: int | None = None           # a cell stops when its validation metric has not improved for this
+                                          # many epochs (= converged); None: the family's train.early_stopping
     factors: dict = field(default_factory=dict)
     baseline: dict = field(default_factory=dict)
     cells: dict = field(default_factory=dict)
@@ -217,6 +219,9 @@ class AblationConfig:
                                   f"rename the {kind} (its name becomes a folder or file name)")
         if len(self.seeds) < 1:
             raise ConfigError(f"{where}.seeds", "no seeds", "list at least 3 seeds")
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"{where}.patience", f"{self.patience} is not allowed (must be >= 1)",
+                              "set it to the epochs without improvement that count as a plateau, or remove it")
         for name, levels in [("baseline", self.baseline), *((f"cells.{c}", v or {}) for c, v in self.cells.items())]:
             for factor, level in levels.items():
                 if factor not in self.factors:
@@ -236,11 +241,13 @@ class AblationConfig:
         return {**self.baseline, **(self.cells[cell] or {})}
 
     def cell_train(self, cell: str, base: "TrainConfig", seed: int) -> "TrainConfig":
-        """The training config of a cell: the ablation's epochs, the seed, and any factor named
-        after a TrainConfig field (e.g. ``lr``) set to the cell's level."""
+        """The training config of a cell: the ablation's epoch budget and patience (early stopping on the
+        validation metric), the seed, and any factor named after a TrainConfig field (e.g. ``lr``) set to
+        the cell's level."""
         names = {f.name for f in dataclasses.fields(TrainConfig)}
         kw = {k: v for k, v in self.levels(cell).items() if k in names}
-        return dataclasses.replace(base, epochs=self.epochs, seed=seed, **kw)
+        patience = base.early_stopping if self.patience is None else self.patience
+        return dataclasses.replace(base, epochs=self.epochs, seed=seed, early_stopping=patience, **kw)
 
     def cell_model(self, cell: str, base):
         """The model config of a cell: factor levels named after model-config fields set to the cell's level
@@ -262,6 +269,7 @@ class PromoteConfig:
     metric: str = "dsc"
     floor: float = 0.5
     alpha: float = 0.05
+    require_converged: bool = True        # a challenger from a cell that never plateaued is not promoted
 
 
 

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from medops.config import SplitConfig
 from medops.data.io import write_png
-from medops.data.splits import apply_split
+from medops.data.splits import with_extra_test
 
 MODALITIES = ("us", "mg", "mri")  # the image modalities of every case (plus its mask)
 
@@ -289,7 +289,9 @@ def generate(cfg, split: SplitConfig, out: Path, progress: bool = True) -> pd.Da
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plan = _patient_plan(cfg)
-    jobs = [(i, cfg, p, v, str(out)) for i, (p, v) in enumerate(plan)]
+    first_extra = plan[-1][0] + 1 if plan else 0  # extra test cases: new patients, one study each
+    extra = [(first_extra + k, 0) for k in range(cfg.test_cases)]
+    jobs = [(i, cfg, p, v, str(out)) for i, (p, v) in enumerate(plan + extra)]
     truths, rows = [], []
     if cfg.workers > 1:
         with ProcessPoolExecutor(cfg.workers) as ex:
@@ -302,7 +304,8 @@ def generate(cfg, split: SplitConfig, out: Path, progress: bool = True) -> pd.Da
             t, r = _write_case(job)
             truths.append(t)
             rows.extend(r)
-    manifest = apply_split(pd.DataFrame(rows), split.fractions, split.seed)
+    n_main = len(plan) * len(MODALITY_FILES)
+    manifest = with_extra_test(pd.DataFrame(rows[:n_main]), pd.DataFrame(rows[n_main:]), split.fractions, split.seed)
     manifest.to_parquet(out / "manifest.parquet", index=False)
     pd.DataFrame([asdict(t) for t in truths]).to_parquet(out / "cases.parquet", index=False)
     (out / "dataset.json").write_text(json.dumps({"dataset": cfg.dataset, "config": asdict(cfg)}, indent=2))

@@ -41,7 +41,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from medops.data.io import write_png
-from medops.data.splits import apply_split
+from medops.data.splits import apply_split, with_extra_test
 
 TARGETS = {
     "gaucher-ct": {"classes": ["normal", "gaucher"], "modality": "ct", "channels": ["image"]},
@@ -342,8 +342,9 @@ def _case(args):
 
 
 def generate(dataset: str, n_cases: int, prevalence: float, size: int, seed: int, split, out: Path,
-             workers: int = 1, progress: bool = True) -> pd.DataFrame:
-    """Write images, masks, ``manifest.parquet`` (with ``label``) and ``dataset.json`` under ``out``."""
+             workers: int = 1, progress: bool = True, test_cases: int = 0) -> pd.DataFrame:
+    """Write images, masks, ``manifest.parquet`` (with ``label``) and ``dataset.json`` under ``out``;
+    ``test_cases`` more cases (new patients, same prevalence) go to the test split only."""
     spec = DATASETS[dataset]
     rng = np.random.default_rng(seed)
     classes = spec["classes"]
@@ -353,22 +354,30 @@ def generate(dataset: str, n_cases: int, prevalence: float, size: int, seed: int
     else:
         labels = [classes[i % len(classes)] for i in range(n_cases)]
     labels = list(rng.permutation(labels))
+    if test_cases:
+        xrng = np.random.default_rng([seed, 2])
+        n_xpos = int(round(prevalence * test_cases)) if dataset in TARGETS else 0
+        xlabels = ([classes[1]] * n_xpos + [classes[0]] * (test_cases - n_xpos) if dataset in TARGETS
+                   else [classes[i % len(classes)] for i in range(test_cases)])
+        labels += list(xrng.permutation(xlabels))
     jobs = [(dataset, i, lab, i, seed, size, str(out)) for i, lab in enumerate(labels)]
-    rows = []
+    per_case = []
     if workers > 1:
         with ProcessPoolExecutor(workers) as ex:
             for r in tqdm(ex.map(_case, jobs, chunksize=4), total=len(jobs), desc=f"generate {dataset}", disable=not progress):
-                rows.extend(r)
+                per_case.append(r)
     else:
         for j in tqdm(jobs, desc=f"generate {dataset}", disable=not progress):
-            rows.extend(_case(j))
-    man = pd.DataFrame(rows)
-    man = _stratified_split(man, split, seed)
+            per_case.append(_case(j))
+    frame = lambda cases: pd.DataFrame([row for c in cases for row in c])  # noqa: E731
+    man = with_extra_test(frame(per_case[:n_cases]), frame(per_case[n_cases:]), split.fractions, split.seed,
+                          split=lambda m: _stratified_split(m, split, seed))
+    man = man.sort_values(["case_id", "modality"]).reset_index(drop=True)
     man.to_parquet(out / "manifest.parquet", index=False)
     (out / "dataset.json").write_text(json.dumps({
         "dataset": dataset, "classes": classes, "modality": spec["modality"],
         "positive_class": classes[1] if dataset in TARGETS else None, "size": size, "seed": seed,
-        "n_cases": n_cases, "prevalence": prevalence}, indent=2))
+        "n_cases": n_cases, "prevalence": prevalence, "extra_test_cases": test_cases}, indent=2))
     return man
 
 

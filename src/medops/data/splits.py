@@ -39,3 +39,16 @@ def patient_split(patient_ids, fractions: dict[str, float], seed: int) -> dict[s
 def apply_split(manifest: pd.DataFrame, fractions: dict[str, float], seed: int) -> pd.DataFrame:
     mapping = patient_split(manifest["patient_id"], fractions, seed)
     return manifest.assign(split=manifest["patient_id"].map(mapping))
+
+
+def with_extra_test(main: pd.DataFrame, extra: pd.DataFrame, fractions: dict[str, float], seed: int,
+                    split=None) -> pd.DataFrame:
+    """``main`` split by patient as usual, plus ``extra`` cases (new patients, same simulator) all in the test
+    split: a test set sized for the claims without shrinking training (never seen in training or selection)."""
+    main = split(main) if split is not None else apply_split(main, fractions, seed)
+    if extra.empty:
+        return main
+    shared = set(main.patient_id) & set(extra.patient_id)
+    if shared:
+        raise ValueError(f"extra test patients also in the main set: {sorted(shared)[:3]}")
+    return pd.concat([main, extra.assign(split="test")], ignore_index=True)

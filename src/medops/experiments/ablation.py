@@ -14,8 +14,9 @@ from medops.config import AblationConfig
 from medops.experiments.stats import mean_ci
 
 def collect(cells_root: Path, abl: AblationConfig, metrics: tuple, extra: tuple = ()) -> pd.DataFrame:
-    """One row per (cell, seed): status, reason, validation score (``selection``), test metrics, run id
-    (and the ``extra`` keys of each cell's status.json)."""
+    """One row per (cell, seed): status, reason, epochs run, whether it converged (stopped on a plateau of
+    its validation metric before the budget), validation score (``selection``), test metrics, run id (and
+    the ``extra`` keys of each cell's status.json)."""
     rows = []
     for cell in abl.cells:
         for seed in abl.seeds:
@@ -23,6 +24,7 @@ def collect(cells_root: Path, abl: AblationConfig, metrics: tuple, extra: tuple 
             st = json.loads((d / "status.json").read_text()) if (d / "status.json").exists() else {"status": "missing"}
             run = json.loads((d / "run.json").read_text()) if (d / "run.json").exists() else {}
             rows.append({"cell": cell, "seed": seed, "status": st["status"], "reason": st.get("reason", ""),
+                         "epochs": st.get("epochs", np.nan), "converged": bool(st.get("early_stopped", False)),
                          **{k: st.get(k, np.nan) for k in extra},
                          "selection": st.get("selection_score", np.nan),
                          "run_id": run.get("run_id", ""),
@@ -60,7 +62,9 @@ def factor_tables(abl: AblationConfig, cells: pd.DataFrame, metrics: tuple, pape
             cell = cell_for(abl, factor, level)
             g = cells[(cells.cell == cell) & (cells.status == "finished")] if cell else cells.iloc[0:0]
             n_all = int((cells.cell == cell).sum()) if cell else 0
-            row = {"level": level, "cell": cell or "(not run)", "seeds_ok": f"{len(g)}/{n_all}"}
+            row = {"level": level, "cell": cell or "(not run)", "seeds_ok": f"{len(g)}/{n_all}",
+                   "epochs": "/".join(str(int(e)) for e in g.epochs if e == e) or "—",
+                   "converged": f"{int(g.converged.sum())}/{len(g)}"}
             for m in metrics:
                 row[f"{m}_mean"], row[f"{m}_ci95"] = mean_ci(g[f"test_{m}"])
             ref = paper.get(factor, {}).get(level)
@@ -105,3 +109,42 @@ def gaps_section(cells: pd.DataFrame) -> list[str]:
         return []
     return ["", "## Gaps (failed or missing cells)", "", "| cell | seed | status | reason |", "|---|---|---|---|",
             *(f"| {r.cell} | {r.seed} | {r.status} | {r.reason} |" for r in failed.itertuples())]
+
+
+def curves_figure(cells_root: Path, cells: pd.DataFrame, column: str, out: Path) -> None:
+    """Validation ``column`` per epoch, one panel per cell, one line per seed; a dot where a seed stopped on a
+    plateau, a cross where it ran out of budget: whether a cell converged is visible at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(cells.cell))
+    cols = min(4, max(1, len(names)))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.2 * rows), squeeze=False, sharey=True)
+    for ax, cell in zip(axes.flat, names):
+        for r in cells[(cells.cell == cell) & (cells.status == "finished")].itertuples():
+            hist = cells_root / cell / f"seed{r.seed}" / "history.csv"
+            if not hist.exists():
+                continue
+            h = pd.read_csv(hist)
+            if column not in h:
+                continue
+            line, = ax.plot(h.epoch, h[column], lw=1, label=f"seed {r.seed}")
+            ax.plot(h.epoch.iloc[-1], h[column].iloc[-1], "o" if r.converged else "x", color=line.get_color())
+        ax.set_title(cell, fontsize=8)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.suptitle(f"validation {column} per epoch (o: stopped on a plateau, x: budget ran out)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
+def convergence_note(abl: AblationConfig, metric: str) -> list[str]:
+    patience = f"{abl.patience} epochs" if abl.patience else "the family's train.early_stopping epochs"
+    return [f"Each cell trains until its {metric} has not improved for {patience} (converged: o), at most "
+            f"{abl.epochs} epochs (budget ran out: x). A claim with an unconverged cell is untestable.",
+            "", "![validation curves](figures/validation_curves.png)"]

@@ -30,8 +30,10 @@ def select_candidate(cells: pd.DataFrame, by: str = "selection") -> pd.Series:
 
 
 def evaluate_gates(*, validation: str, test_mean: float, floor: float, metric: str,
-                   candidate_cases, champion_cases, alpha: float, compare=None) -> list[Gate]:
-    """Gates: validated data, test metric above the floor, and (when there is a champion) a
+                   candidate_cases, champion_cases, alpha: float, compare=None,
+                   converged: tuple[bool, str] | None = None) -> list[Gate]:
+    """Gates: validated data, test metric above the floor, the candidate's training converged (when
+    ``converged`` is given: promote.require_converged), and (when there is a champion) a
     one-sided paired test on the same test cases. ``compare(candidate, champion)`` returns the
     test's dict (n, mean_diff, p, test) or None when the cases differ; default: paired Wilcoxon
     on per-case Series."""
@@ -39,6 +41,8 @@ def evaluate_gates(*, validation: str, test_mean: float, floor: float, metric: s
                   "its dataset passed validation" if validation == "passed"
                   else f"its dataset did not pass validation (validation={validation})"),
              Gate("metric_floor", test_mean >= floor, f"test {metric} {test_mean:.4f} {'≥' if test_mean >= floor else '<'} floor {floor}")]
+    if converged is not None:  # (converged, reason): a model from a run still improving at its budget's end
+        gates.append(Gate("converged", converged[0], converged[1]))
     if champion_cases is None:
         gates.append(Gate("beats_champion", True, "no current champion"))
     else:

@@ -52,10 +52,19 @@ def bootstrap_ci(prob, y, *, n_boot: int = 1000, seed: int = 0, level: float = 0
     return {k: (float(np.nanpercentile(v, lo)), float(np.nanpercentile(v, hi))) for k, v in vals.items()}
 
 
+def binary_auc(y, prob) -> float:
+    """AUC-ROC of positive-class probabilities (nan unless both classes are present)."""
+    y = np.asarray(y)
+    if not 0 < int((y == 1).sum()) < len(y):
+        return float("nan")
+    return float(tmc.binary_auroc(torch.as_tensor(np.asarray(prob, float)), torch.from_numpy((y == 1).astype(np.int64))))
+
+
 def paired_auc_test(y, prob_a, prob_b, *, n_boot: int = 2000, seed: int = 0) -> dict:
     """One-sided paired bootstrap test that model A's AUC exceeds model B's on the same cases.
 
-    Cases are resampled jointly; p = share of resamples where AUC_A - AUC_B <= 0."""
+    Cases are resampled jointly; p = share of resamples where AUC_A - AUC_B <= 0; ``se`` = the bootstrap
+    standard error of the difference."""
     y, a, b = np.asarray(y), np.asarray(prob_a, float), np.asarray(prob_b, float)
     t = torch.from_numpy((y == 1).astype(np.int64))
 
@@ -72,6 +81,8 @@ def paired_auc_test(y, prob_a, prob_b, *, n_boot: int = 2000, seed: int = 0) -> 
             diffs.append(auc(a, idx) - auc(b, idx))
     diffs = np.asarray(diffs)
     if len(diffs) == 0 or np.allclose(a, b):
-        return {"n": int(len(y)), "mean_diff": d0, "ci_low": float("nan"), "ci_high": float("nan"), "p": 1.0}
+        return {"n": int(len(y)), "mean_diff": d0, "ci_low": float("nan"), "ci_high": float("nan"), "p": 1.0,
+                "se": 0.0 if len(diffs) else float("nan")}
     return {"n": int(len(y)), "mean_diff": float(d0), "ci_low": float(np.percentile(diffs, 2.5)),
-            "ci_high": float(np.percentile(diffs, 97.5)), "p": float((np.sum(diffs <= 0) + 1) / (len(diffs) + 1))}
+            "ci_high": float(np.percentile(diffs, 97.5)), "p": float((np.sum(diffs <= 0) + 1) / (len(diffs) + 1)),
+            "se": float(diffs.std(ddof=1)) if len(diffs) > 1 else float("nan")}

@@ -88,9 +88,15 @@ def _gates(cfg, fam, cand, tags: dict, champion: str | None):
         champ_run = registry.version_run_id(fam.name, champion)
         tmp = Path(tempfile.mkdtemp(prefix="medops-champ-"))
         champ_cases = pd.read_csv(registry.download(champ_run, "evaluation/per_case.csv", tmp))
+    conv = None
+    if pc.require_converged:
+        epochs = int(cand.epochs) if cand.epochs == cand.epochs else "?"
+        conv = (bool(cand.converged), f"{cand.cell} seed {int(cand.seed)} " + (
+            f"stopped on a plateau after {epochs} epochs" if cand.converged else
+            f"ran its whole {epochs}-epoch budget without a plateau (not converged)"))
     return evaluate_gates(validation=tags.get("validation", "unknown"), test_mean=float(cand[f"test_{pc.metric}"]),
                           floor=pc.floor, metric=pc.metric, candidate_cases=cand_cases, champion_cases=champ_cases,
-                          alpha=pc.alpha, compare=lambda a, b: fam.compare(a, b, pc.metric))
+                          alpha=pc.alpha, compare=lambda a, b: fam.compare(a, b, pc.metric), converged=conv)
 
 
 def _table_row(family: str, cell: str) -> dict | None:

@@ -15,13 +15,14 @@ MODALITIES = ("us", "mg", "mri")  # the image channels of a breast-trimodal case
 @dataclass(frozen=True)
 class BreastTrimodalConfig:
     """params.yaml `generate:` — the tri-modal breast simulator (paper 000 Table 1)."""
-    RULES: ClassVar[dict] = {"n_cases": "[3, inf)", "cases_per_patient_max": "[1, inf)", "us_size": "[32, 4096]",
+    RULES: ClassVar[dict] = {"n_cases": "[3, inf)", "test_cases": "[0, inf)", "cases_per_patient_max": "[1, inf)", "us_size": "[32, 4096]",
                              "mg_size": "[32, 4096]", "mri_size": "[32, 4096]", "pixel_mm": "(0, inf)",
                              "tumour_diameter_mm": "(0, inf)", "mri_max_rotation_deg": "[0, 45]",
                              "mri_max_shift_px": "[0, inf)", "workers": "[1, 64]"}
     dataset: str = "breast-trimodal"
     seed: int = 0
     n_cases: int = 24
+    test_cases: int = 0                   # extra test-only cases (new patients): a test set sized for the claims
     cases_per_patient_max: int = 2
     us_size: int = 256
     mg_size: int = 512

@@ -10,6 +10,7 @@ import pandas as pd
 
 from medops.config import AblationConfig
 from medops.experiments import ablation
+from medops.experiments import claims as verdicts
 from medops.experiments.ablation import baseline_cell, bar_chart, cell_for, fmt, gaps_section
 from medops.experiments.stats import mean_ci, paired_test
 from medops.families.fusion_seg.references import CLAIMS_000, PAPER_000, TABLE_TITLES
@@ -28,6 +29,8 @@ def per_case(cells_root: Path, abl: AblationConfig, cells: pd.DataFrame, conditi
 
 
 def claims(abl: AblationConfig, cells: pd.DataFrame, cases: dict, tables: dict, alpha: float) -> pd.DataFrame:
+    """Each claim of paper 000 judged by the shared rules (experiments.claims): paired one-sided Wilcoxon on
+    per-case DSC, the paper's DSC difference as the effect to detect."""
     rows = []
     for claim, factor, better, worse in CLAIMS_000:
         if factor not in abl.factors:
@@ -46,12 +49,14 @@ def claims(abl: AblationConfig, cells: pd.DataFrame, cases: dict, tables: dict, 
         (ca, la), (cb, lb) = resolve(better), resolve(worse)
         row = {"claim": claim, "better": la, "worse": lb}
         if ca not in cases or cb not in cases:
-            rows.append({**row, "verdict": "not testable (cell missing or failed)"})
+            rows.append(verdicts.not_run(row, "a cell of the claim was not run, is missing or failed"))
             continue
         a, b = cases[ca].align(cases[cb], join="inner")
-        res = paired_test(a.to_numpy(), b.to_numpy())
-        ok = res["p"] < alpha and res["mean_diff"] > 0
-        rows.append({**row, **res, "verdict": "reproduced" if ok else "not reproduced"})
+        paper = PAPER_000.get(factor, {})
+        effect = (paper[la][0] - paper[lb][0]) / 100 if la in paper and lb in paper else float("nan")
+        rows.append({**row, **verdicts.judge(paired_test(a.to_numpy(), b.to_numpy()), cells=cells, better_cell=ca,
+                                             worse_cell=cb, paper_effect=effect, worse_value=float(b.mean()),
+                                             alpha=alpha)})
     return pd.DataFrame(rows)
 
 
@@ -83,11 +88,12 @@ def missing_modality_table(cells_root: Path, abl: AblationConfig, cells: pd.Data
 
 
 def _md_table(table: pd.DataFrame) -> str:
-    head = "| level | cell | seeds ok | DSC % | IoU % | Sens % | Spec % | paper DSC / IoU / Sens / Spec % |\n|---|---|---|---|---|---|---|---|"
+    head = ("| level | cell | seeds ok | epochs run | converged | DSC % | IoU % | Sens % | Spec % | paper DSC / IoU / Sens / Spec % |"
+            "\n|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in table.itertuples():
         paper = " / ".join("—" if getattr(r, f"paper_{m}") != getattr(r, f"paper_{m}") else f"{100 * getattr(r, f'paper_{m}'):.1f}" for m in METRICS)
-        lines.append(f"| {r.level} | {r.cell} | {r.seeds_ok} | " + " | ".join(
+        lines.append(f"| {r.level} | {r.cell} | {r.seeds_ok} | {r.epochs} | {r.converged} | " + " | ".join(
             fmt(getattr(r, f"{m}_mean"), getattr(r, f"{m}_ci95")) for m in METRICS) + f" | {paper} |")
     return "\n".join(lines)
 
@@ -105,7 +111,7 @@ def build_report(cells_root: Path, abl: AblationConfig, out: Path, *, alpha: flo
     lt.to_csv(out / "loss_table.csv", index=False)
     mm = missing_modality_table(cells_root, abl, cells)
     mm.to_csv(out / "missing_modality.csv", index=False)
-    md = [f"# Ablation report ({profile} profile, {len(abl.seeds)} seeds, {abl.epochs} epochs per cell)", "",
+    md = [f"# Ablation report ({profile} profile, {len(abl.seeds)} seeds, at most {abl.epochs} epochs per cell)", "",
           "Test-split metrics, mean ± 95 % t-interval over seeds; the paper's number beside ours. "
           "Simulated data: our numbers are not comparable in level with the paper's, only in ordering.", ""]
     for factor, t in tables.items():
@@ -113,14 +119,11 @@ def build_report(cells_root: Path, abl: AblationConfig, out: Path, *, alpha: flo
         title = TABLE_TITLES.get(factor, factor)
         bar_chart(t, title, out / "figures" / f"{factor}.png")
         md += [f"## {title}", "", _md_table(t), "", f"![{factor}](figures/{factor}.png)", ""]
-    md += ["## Claims (one-sided Wilcoxon signed-rank on per-case DSC, seeds averaged; α = "
-           f"{alpha})", "", "| claim | better | worse | n | mean ΔDSC [95 % CI] | p | verdict |", "|---|---|---|---|---|---|---|"]
-    for r in cl.to_dict("records"):
-        if "p" in r and r.get("p") == r.get("p"):
-            md.append(f"| {r['claim']} | {r['better']} | {r['worse']} | {r['n']} | {100 * r['mean_diff']:+.1f} "
-                      f"[{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}] | {r['p']:.3g} | **{r['verdict']}** |")
-        else:
-            md.append(f"| {r['claim']} | {r['better']} | {r['worse']} | — | — | — | {r['verdict']} |")
+    ablation.curves_figure(cells_root, cells, "val_dice", out / "figures" / "validation_curves.png")
+    md += ["## Convergence", "", *ablation.convergence_note(abl, "validation DSC"), "",
+           "## Claims (one-sided Wilcoxon signed-rank on per-case DSC, seeds averaged; α = "
+           f"{alpha}; MDE at power {verdicts.POWER:.0%}; DSC in %)", "",
+           *verdicts.markdown(cl, metric="DSC", scale=100, digits=1)]
     md += ["", "## Loss curve (paper 000, Table 8), baseline cell", "",
            "| paper epoch | our epoch | train loss | val loss | paper train | paper val |", "|---|---|---|---|---|---|"]
     for r in lt.itertuples():

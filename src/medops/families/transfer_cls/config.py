@@ -14,7 +14,7 @@ BACKBONES = ("vgg16", "resnet50", "densenet201", "inception_v3")
 
 @dataclass(frozen=True)
 class RareDiseaseConfig:
-    """Simulated classification datasets (paper 002 section 3.1): name -> {n_cases, prevalence}."""
+    """Simulated classification datasets (paper 002 section 3.1): name -> {n_cases, prevalence, test_cases}."""
     RULES: ClassVar[dict] = {"size": "[32, 2048]", "workers": "[1, 64]"}
     seed: int = 0
     size: int = 128
@@ -24,10 +24,12 @@ class RareDiseaseConfig:
     def check_values(self, where: str) -> None:
         for name, spec in self.datasets.items():
             spec = spec if isinstance(spec, dict) else {}
-            n, prev = spec.get("n_cases"), spec.get("prevalence", 0.5)
-            if not (isinstance(n, int) and not isinstance(n, bool) and n >= 10) or set(spec) - {"n_cases", "prevalence"}:
+            n, prev, extra = spec.get("n_cases"), spec.get("prevalence", 0.5), spec.get("test_cases", 0)
+            ok_int = lambda v, lo: isinstance(v, int) and not isinstance(v, bool) and v >= lo  # noqa: E731
+            if not (ok_int(n, 10) and ok_int(extra, 0)) or set(spec) - {"n_cases", "prevalence", "test_cases"}:
                 raise ConfigError(f"params.yaml:{where}.datasets.{name}", f"{spec!r}: needs n_cases (an integer >= 10) "
-                                  "and optionally prevalence", "e.g. {n_cases: 150, prevalence: 0.2}")
+                                  "and optionally prevalence and test_cases (extra test-only cases, an integer >= 0)",
+                                  "e.g. {n_cases: 150, prevalence: 0.2, test_cases: 200}")
             if not (isinstance(prev, (int, float)) and 0 < prev < 1):
                 raise ConfigError(f"params.yaml:{where}.datasets.{name}.prevalence", f"{prev!r} is not in (0, 1)",
                                   "the share of disease cases, e.g. 0.2")

@@ -45,7 +45,8 @@ class TransferCls(Family):
                             f"add rare_disease.datasets.{dataset}: {{n_cases: ..., prevalence: ...}}")
         spec = rd.datasets[dataset]
         return rare_disease.generate(dataset, int(spec["n_cases"]), float(spec.get("prevalence", 0.5)), rd.size,
-                                     rd.seed, cfg.split, out, workers=rd.workers)
+                                     rd.seed, cfg.split, out, workers=rd.workers,
+                                     test_cases=int(spec.get("test_cases", 0)))
 
     def contact_sheet(self, cfg, dataset, root, png):
         from medops.data import rare_disease

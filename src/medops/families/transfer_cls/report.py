@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 
 from medops.config import AblationConfig
-from medops.experiments.ablation import bar_chart, cell_for, collect, fmt, gaps_section
+from medops.experiments import claims as verdicts
+from medops.experiments.ablation import bar_chart, cell_for, collect, convergence_note, curves_figure, fmt, gaps_section
 from medops.experiments.ablation import factor_tables as shared_factor_tables
 from medops.families.transfer_cls.references import CLAIMS_002, PAPER_002, TABLE_TITLES_002
 from medops.metrics.classification import paired_auc_test
@@ -34,7 +35,11 @@ def factor_tables(abl: AblationConfig, cells: pd.DataFrame) -> dict[str, pd.Data
     return shared_factor_tables(abl, cells, METRICS, PAPER_002, PAPER_METRICS)
 
 
-def claims(abl: AblationConfig, cases: dict, alpha: float) -> pd.DataFrame:
+def claims(abl: AblationConfig, cells: pd.DataFrame, cases: dict, alpha: float) -> pd.DataFrame:
+    """Each claim of paper 002 judged by the shared rules (experiments.claims): paired one-sided bootstrap of
+    test AUC, the paper's AUC difference (Table 1) as the effect to detect."""
+    from medops.metrics.classification import binary_auc
+
     rows = []
     for claim, factor, better, worse in CLAIMS_002:
         if factor not in abl.factors:
@@ -42,27 +47,30 @@ def claims(abl: AblationConfig, cases: dict, alpha: float) -> pd.DataFrame:
         ca, cb = cell_for(abl, factor, better), cell_for(abl, factor, worse)
         row = {"claim": claim, "better": better, "worse": worse}
         if ca not in cases or cb not in cases:
-            rows.append({**row, "verdict": "not testable (cell not run, missing or failed)"})
+            rows.append(verdicts.not_run(row, "a cell of the claim was not run, is missing or failed"))
             continue
         a, b = cases[ca], cases[cb]
         common = a.index.intersection(b.index)
-        res = paired_auc_test(a.loc[common, "label_idx"].to_numpy(), a.loc[common, "prob"].to_numpy(),
-                              b.loc[common, "prob"].to_numpy())
-        ok = res["p"] < alpha and res["mean_diff"] > 0
-        rows.append({**row, **res, "verdict": "reproduced" if ok else "not reproduced"})
+        y = a.loc[common, "label_idx"].to_numpy()
+        res = paired_auc_test(y, a.loc[common, "prob"].to_numpy(), b.loc[common, "prob"].to_numpy())
+        paper = PAPER_002.get(factor, {})
+        effect = (paper[better][4] - paper[worse][4]) / 100 if better in paper and worse in paper else float("nan")
+        rows.append({**row, **verdicts.judge(res, cells=cells, better_cell=ca, worse_cell=cb, paper_effect=effect,
+                                             worse_value=binary_auc(y, b.loc[common, "prob"].to_numpy()),
+                                             alpha=alpha)})
     return pd.DataFrame(rows)
 
 
 def _md_table(t: pd.DataFrame) -> str:
-    lines = ["| level | cell | seeds ok | accuracy % | precision % | recall % | F1 % | AUC-ROC % | Grad-CAM energy in lesion % "
+    lines = ["| level | cell | seeds ok | epochs run | converged | accuracy % | precision % | recall % | F1 % | AUC-ROC % | Grad-CAM energy in lesion % "
              "(chance) | pointing game % | paper acc / prec / rec / F1 / AUC % |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in t.itertuples():
         paper = " / ".join("—" if getattr(r, f"paper_{m}") != getattr(r, f"paper_{m}")
                            else f"{100 * getattr(r, f'paper_{m}'):.1f}" for m in PAPER_METRICS)
         cells = [fmt(getattr(r, f"{m}_mean"), getattr(r, f"{m}_ci95")) for m in PAPER_METRICS]
         loc = f"{fmt(r.energy_in_mask_mean, r.energy_in_mask_ci95)} ({fmt(r.mask_fraction_mean, float('nan'))})"
-        lines.append(f"| {r.level} | {r.cell} | {r.seeds_ok} | " + " | ".join(cells)
+        lines.append(f"| {r.level} | {r.cell} | {r.seeds_ok} | {r.epochs} | {r.converged} | " + " | ".join(cells)
                      + f" | {loc} | {fmt(r.pointing_hit_mean, r.pointing_hit_ci95)} | {paper} |")
     return "\n".join(lines)
 
@@ -73,7 +81,7 @@ def build_report(cells_root: Path, abl: AblationConfig, out: Path, *, alpha: flo
     cells = collect(cells_root, abl, METRICS)
     cells.to_csv(out / "cells.csv", index=False)
     tables = factor_tables(abl, cells)
-    cl = claims(abl, per_case(cells_root, cells), alpha)
+    cl = claims(abl, cells, per_case(cells_root, cells), alpha)
     cl.to_csv(out / "claims.csv", index=False)
     base = {k: v for k, v in abl.baseline.items()}
     md = [f"# Ablation report ({profile} profile, {len(abl.seeds)} seeds, at most {abl.epochs} epochs per cell)", "",
@@ -87,14 +95,10 @@ def build_report(cells_root: Path, abl: AblationConfig, out: Path, *, alpha: flo
         title = TABLE_TITLES_002.get(factor, factor)
         bar_chart(t, title, out / "figures" / f"{factor}.png", ("auc", "f1"), "test score")
         md += [f"## {title}", "", _md_table(t), "", f"![{factor}](figures/{factor}.png)", ""]
-    md += [f"## Claims (one-sided paired bootstrap of test AUC, per-case probabilities averaged over seeds; α = {alpha})",
-           "", "| claim | better | worse | n | ΔAUC [95 % CI] | p | verdict |", "|---|---|---|---|---|---|---|"]
-    for r in cl.to_dict("records"):
-        if r.get("p") == r.get("p") and "p" in r:
-            md.append(f"| {r['claim']} | {r['better']} | {r['worse']} | {int(r['n'])} | {r['mean_diff']:+.3f} "
-                      f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | {r['p']:.3g} | **{r['verdict']}** |")
-        else:
-            md.append(f"| {r['claim']} | {r['better']} | {r['worse']} | — | — | — | {r['verdict']} |")
+    curves_figure(cells_root, cells, "val_loss", out / "figures" / "validation_curves.png")
+    md += ["## Convergence", "", *convergence_note(abl, "validation loss"), "",
+           f"## Claims (one-sided paired bootstrap of test AUC, per-case probabilities averaged over seeds; α = {alpha}; "
+           f"MDE at power {verdicts.POWER:.0%})", "", *verdicts.markdown(cl, metric="AUC", scale=1, digits=3)]
     md += gaps_section(cells)
     (out / "report.md").write_text("\n".join(md) + "\n")
     summary = {"n_cells": int(len(cells)), "n_finished": int((cells.status == "finished").sum()),
