@@ -8,14 +8,23 @@ from medops.models import get_model, list_models
 
 # every registered model builds by name from explicit primitives: segmentation nets give a mask logit per
 # pixel, classifiers a logit per class
-BUILD = {"transfer_cls": ({"backbone": "resnet50", "num_classes": 2}, (2, 2))}
+SMALL3D = {"channels": (2, 4, 4, 8, 8), "hidden": 8}
+CUBE = (2, 1, 16, 16, 16)
+BUILD = {"transfer_cls": ({"backbone": "resnet50", "num_classes": 2}, (2, 3, 32, 32), (2, 2)),
+         # 3-D nodule classifiers (paper 004): a cube in, a logit per class out
+         "nodule3d_ensemble": ({"scales": (8, 12, 16), **SMALL3D}, CUBE, (2, 2)),
+         "nodule3d_subnet": ({"scale": 12, **SMALL3D}, CUBE, (2, 2)),
+         "nodule3d_ifm": ({"cube": 16, **SMALL3D}, CUBE, (2, 2)),
+         "monai_resnet3d": ({"scale": 16, "widths": (4, 8, 8, 16)}, CUBE, (2, 2)),
+         "monai_densenet3d": ({"scale": 16, "init_features": 4, "growth_rate": 4, "block_config": (1, 1, 1)}, CUBE,
+                              (2, 2))}
 
 
 @pytest.mark.parametrize("name", list_models())
 def test_registered_models_build_and_run(name):
-    kwargs, shape = BUILD.get(name, ({"channels": (4, 8, 16)}, (2, 1, 32, 32)))
+    kwargs, x, shape = BUILD.get(name, ({"channels": (4, 8, 16)}, (2, 3, 32, 32), (2, 1, 32, 32)))
     net = get_model(name, **kwargs)
-    y = net(torch.rand(2, 3, 32, 32))
+    y = net(torch.rand(*x))
     assert y.shape == shape
 
 

@@ -162,7 +162,7 @@ class TrainConfig:
     RULES: ClassVar[dict] = {
         "optimizer": ("adam", "sgd"), "lr": "(0, inf)", "weight_decay": "[0, inf)", "batch_size": "[1, inf)",
         "epochs": "[1, inf)", "loss": ("dice_bce", "ce", "focal"), "dice_weight": "[0, inf)", "bce_weight": "[0, inf)",
-        "scheduler": ("cosine", "none"), "num_workers": "[0, inf)", "early_stopping": "[0, inf)",
+        "scheduler": ("cosine", "step", "none"), "step_size": "[1, inf)", "gamma": "(0, 1]", "num_workers": "[0, inf)", "early_stopping": "[0, inf)",
         "focal_gamma": "[0, inf)", "class_weights": ("none", "inverse_frequency"), "checkpoint_every": "[1, inf)",
         "nonfinite_check_every": "[1, inf)", "precision": ("auto", "fp32", "bf16", "fp16"),
         "channels_last": ("auto", True, False), "device_data_share": "[0, 1]"}
@@ -174,7 +174,9 @@ class TrainConfig:
     loss: str = "dice_bce"
     dice_weight: float = 1.0
     bce_weight: float = 1.0
-    scheduler: str = "cosine"
+    scheduler: str = "cosine"              # cosine | step (lr x gamma every step_size epochs) | none
+    step_size: int = 30
+    gamma: float = 0.1
     seed: int = 0
     num_workers: int = 0
     precision: str = "auto"               # auto | fp32 | bf16 | fp16 (medops.engine.policy)

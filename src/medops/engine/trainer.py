@@ -93,10 +93,12 @@ class TaskModule(nn.Module):
             raise ConfigError("train.optimizer", f"unknown optimizer '{cfg.optimizer}'", "use 'adam' or 'sgd'")
         if cfg.scheduler == "cosine":
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
+        elif cfg.scheduler == "step":
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
         elif cfg.scheduler in ("none", None):
             sched = None
         else:
-            raise ConfigError("train.scheduler", f"unknown scheduler '{cfg.scheduler}'", "use 'cosine' or 'none'")
+            raise ConfigError("train.scheduler", f"unknown scheduler '{cfg.scheduler}'", "use 'cosine', 'step' or 'none'")
         return opt, sched
 
     def train_step(self, batch) -> torch.Tensor:  # returns the loss

@@ -1,6 +1,11 @@
-"""Model registry: families are registered by name (see registry.py)."""
+"""Model registry: architectures are registered by name (see registry.py). Every module and
+subpackage of ``medops.models`` is imported here, so a new architecture registers itself by existing."""
+
+import importlib as _importlib
+import pkgutil as _pkgutil
 
 from medops.models.registry import get_model, list_models, register_model  # noqa: F401
-from medops.models import fusion_seg as _fusion_seg  # noqa: F401  (registers "fusion_seg")
-from medops.models import unet_baselines as _unet_baselines  # noqa: F401  (registers "unet", "attention_unet")
-from medops.models import transfer_cls as _transfer_cls  # noqa: F401,E402  (registers "transfer_cls")
+
+for _m in sorted(_pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    if _m.name != "registry":
+        _importlib.import_module(f"{__name__}.{_m.name}")

@@ -55,6 +55,10 @@ class DatasetSpec:
     ``labelled``: each image carries a label from the class list; every class needs enough cases.
     ``mask_not_empty``: every mask outlines something (segmentation truth), up to ``max_mask_fraction``.
     ``present_only``: check only the modalities that occur in the manifest.
+    ``extra_checks``: ``(root, manifest) -> [failure line]`` for rules the per-image tables cannot
+    express (e.g. a volume's slices form one evenly spaced series; a table of findings points inside it).
+    ``extra_files``: ``root -> [relative path]`` of files besides the images whose content the gate
+    records (e.g. a findings table), so a later change to them is caught like a changed image.
     """
 
     modalities: dict = field(default_factory=lambda: dict(MODALITY_SPEC))
@@ -62,6 +66,8 @@ class DatasetSpec:
     labelled: bool = False
     mask_not_empty: bool = True
     present_only: bool = False
+    extra_checks: Callable | None = None
+    extra_files: Callable | None = None
 
     def needs(self, present: list[str]) -> set[str]:
         return set(self.required(present) if callable(self.required) else self.required)
@@ -370,6 +376,8 @@ def validate_dataset(root: str | Path, cfg: ValidateConfig, report_dir: str | Pa
         tables["images"]["identifiable"] = ""
     tables["images"]["identifiable"] = tables["images"]["identifiable"].fillna("")
     failures = run_suites(tables, cfg, report_dir / "data_docs", mods, spec.mask_not_empty, replace_docs, sharing)
+    if spec.extra_checks is not None:
+        failures += [f for f in spec.extra_checks(root, manifest) if f not in failures]
     tables["images"].to_csv(report_dir / "image_stats.csv", index=False)
     summary = {
         "status": "failed" if failures else "passed",
@@ -383,6 +391,9 @@ def validate_dataset(root: str | Path, cfg: ValidateConfig, report_dir: str | Pa
         "data_docs": str(report_dir / "data_docs" / "index.html"),
     }
     files = {str(r.path): r.sha256 for r in tables["images"].itertuples() if isinstance(r.sha256, str)}
+    for rel in (spec.extra_files(root) if spec.extra_files is not None else []):
+        if (root / rel).is_file():
+            files[str(rel)] = file_sha256(root / rel)
     summary["files_sha256"] = files  # what preprocess and train check: the content that passed, not just the manifest
     summary["content_sha256"] = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
     if classes is not None:

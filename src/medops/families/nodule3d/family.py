@@ -1,0 +1,148 @@
+"""The `nodule3d` family: lung-nodule malignancy from CT with a multi-scale 3-D CNN ensemble and an
+AUC loss (paper 004), on nodules drawn from the real LIDC-IDRI annotations."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from medops.errors import ConfigError, DataError, MedopsError
+from medops.families.base import Family, register_family
+from medops.families.nodule3d.config import LidcSimConfig, Nodule3DConfig, NodulePreprocessConfig
+
+METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
+
+
+def _validation_spec():
+    from medops.validation.gate import DatasetSpec
+
+    from medops.families.nodule3d.checks import check_series_and_nodules
+
+    return DatasetSpec(modalities={"ct": {"min_size": 32, "dtypes": ["uint16", "int16", "float32"], "max": None}},
+                       required=("ct",), labelled=False, mask_not_empty=False, present_only=True,
+                       extra_checks=check_series_and_nodules, extra_files=lambda root: ["nodules.csv"])
+
+
+@register_family
+class Nodule3D(Family):
+    """Multi-scale 3-D CNN ensemble (32/48/64-voxel crops, Eq. 4), CE + power AUC loss (Eq. 12-13), the
+    paper's image fusion model (IFM) and MONAI 3-D ResNet/DenseNet baselines on CT nodule cubes."""
+
+    name = "nodule3d"
+    config_class = Nodule3DConfig
+    sections = {"lidc_sim": LidcSimConfig, "preprocess_nodule": NodulePreprocessConfig}
+    datasets = ("lidc-sim",)
+    metrics = METRICS
+    selection = "val_auc"
+    data_description = "CT nodule cubes (simulated chest CT around real LIDC-IDRI nodule shapes and ratings)"
+
+    def check_config(self, fcfg) -> None:
+        m = fcfg.model
+        if m.arch == "nodule3d_ensemble" and len(m.scales) < 2:
+            raise ConfigError("params.yaml:nodule3d.model.scales", f"{list(m.scales)}: an ensemble needs 2+ scales",
+                              "e.g. [32, 48, 64]")
+        if len(fcfg.loss.alpha) < 1:
+            raise ConfigError("params.yaml:nodule3d.loss.alpha", "empty", "one alpha per scale, e.g. [0.5, 0.75, 1.0]")
+
+    # data
+    def default_dataset(self, fcfg) -> str:
+        return fcfg.dataset
+
+    def generate(self, cfg, dataset, out):
+        from medops.data import lidc_sim
+
+        return lidc_sim.generate(cfg.lidc_sim, cfg.split, out)
+
+    def contact_sheet(self, cfg, dataset, root, png):
+        from medops.data import lidc_sim
+
+        lidc_sim.contact_sheet(root, png)
+
+    def validation_spec(self, cfg, root, dataset):
+        return _validation_spec()
+
+    def preprocess(self, cfg, root, out):
+        from medops.preprocess.nodule_patches import preprocess_nodules
+
+        idx = preprocess_nodules(root, out, cfg.preprocess_nodule)
+        stats = json.loads((Path(out) / "preprocess.json").read_text())
+        msg = (f"preprocessed {len(idx)} nodules from {stats['n_scans']} scans ({stats['computed']} computed, "
+               f"{stats['cached']} from cache); {stats['padded_patches']} patch(es) padded with air")
+        return idx, msg
+
+    # model and training
+    def build_model(self, fcfg, model_cfg, index, *, start_weights=True):
+        from medops.models import get_model
+
+        m = model_cfg
+        common = {"num_classes": 2}
+        if m.arch == "nodule3d_ensemble":
+            kw = {"scales": list(m.scales), "channels": list(m.channels), "hidden": m.hidden, "dropout": m.dropout}
+        elif m.arch == "nodule3d_subnet":
+            kw = {"scale": int(m.scales[0]), "channels": list(m.channels), "hidden": m.hidden, "dropout": m.dropout}
+        elif m.arch == "nodule3d_ifm":
+            kw = {"cube": int(max(m.scales)), "branches": list(m.branches), "channels": list(m.channels),
+                  "hidden": m.hidden, "dropout": m.dropout}
+        elif m.arch == "monai_resnet3d":
+            kw = {"scale": int(max(m.scales)), "layers": list(m.resnet_layers), "widths": list(m.resnet_widths)}
+        else:
+            kw = {"scale": int(max(m.scales)), "block_config": list(m.densenet_block_config)}
+        return get_model(m.arch, **kw, **common)
+
+    def training_datasets(self, fcfg, pre, index):
+        from medops.families.nodule3d.data import NoduleDataset
+
+        return (NoduleDataset(pre, index, "train", augment=dataclasses.asdict(fcfg.augment)),
+                NoduleDataset(pre, index, "val"))
+
+    def task(self, net, train_cfg, train_ds):
+        from medops.families.nodule3d.task import Nodule3DTask
+
+        fcfg = self.cfg.family(self.name) if self.cfg is not None else Nodule3DConfig()
+        return Nodule3DTask(net, train_cfg, dataset=train_ds, loss_cfg=fcfg.loss,
+                            weight_step=fcfg.evaluate.weight_step)
+
+    def run_tags(self, index, train_ds, task):
+        import torch
+
+        return {"classes": json.dumps(["benign", "malignant"]), "task": "classification",
+                "train_class_counts": json.dumps(torch.bincount(train_ds.labels, minlength=2).tolist()),
+                "loss_alphas": json.dumps([float(fn.alpha) for fn in task.losses])}
+
+    def activation(self):
+        import torch
+
+        return torch.nn.Softmax(dim=1)
+
+    # evaluation
+    def evaluate(self, net, pre, index, out, *, history_csv, fcfg, model_cfg):
+        from medops.families.nodule3d.data import NoduleDataset
+        from medops.families.nodule3d.evaluation import evaluate_nodules
+
+        return evaluate_nodules(net, NoduleDataset(pre, index, "test"), out, history_csv=history_csv,
+                                n_boot=fcfg.evaluate.bootstrap)
+
+    def evaluate_cell(self, net, pre, index, out, *, fcfg, model_cfg):
+        from medops.families.nodule3d.data import NoduleDataset
+        from medops.families.nodule3d.evaluation import evaluate_nodules
+
+        m = evaluate_nodules(net, NoduleDataset(pre, index, "test"), out, n_boot=0)
+        return {"full": m["model"]}
+
+    def format_table(self, metrics):
+        from medops.evaluation.classification import format_cls_table
+
+        lines = [format_cls_table(metrics)]
+        if metrics.get("submodel_auc"):
+            lines.append("sub-model AUC: " + ", ".join(f"{k}: {v:.3f}" for k, v in metrics["submodel_auc"].items())
+                         + "; ensemble weights " + ", ".join(f"{k}: {v:.1f}" for k, v in metrics["ensemble_weights"].items()))
+        return "\n".join(lines)
+
+    def report(self, cells_root, abl, out, *, alpha, profile):
+        raise MedopsError("medops report nodule3d", "the nodule3d ablation report is not built yet (issue 13, part 7)",
+                          "train and evaluate the main model (medops train/evaluate nodule3d) meanwhile")
+
+    def predict(self, cfg, ref, inp, out, *, threshold):
+        raise DataError(str(inp), "nodule3d prediction from a DICOM series is not built yet (issue 13, part 8)",
+                        "use medops evaluate nodule3d on a dataset meanwhile")
