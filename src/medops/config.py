@@ -161,7 +161,7 @@ class ValidateConfig:
 class TrainConfig:
     RULES: ClassVar[dict] = {
         "optimizer": ("adam", "sgd"), "lr": "(0, inf)", "weight_decay": "[0, inf)", "batch_size": "[1, inf)",
-        "epochs": "[1, inf)", "loss": ("dice_bce", "ce", "focal"), "dice_weight": "[0, inf)", "bce_weight": "[0, inf)",
+        "epochs": "[1, inf)", "loss": ("dice_bce", "ce", "focal", "ce_auc"), "auc_lambda": "(0, 10]", "dice_weight": "[0, inf)", "bce_weight": "[0, inf)",
         "scheduler": ("cosine", "step", "none"), "step_size": "[1, inf)", "gamma": "(0, 1]", "num_workers": "[0, inf)", "early_stopping": "[0, inf)",
         "focal_gamma": "[0, inf)", "class_weights": ("none", "inverse_frequency"), "checkpoint_every": "[1, inf)",
         "nonfinite_check_every": "[1, inf)", "precision": ("auto", "fp32", "bf16", "fp16"),
@@ -190,6 +190,8 @@ class TrainConfig:
     nonfinite_check_every: int = 16       # read the device-side non-finite-loss flag every N steps
     focal_gamma: float = 2.0              # focal loss (classification)
     class_weights: str = "none"           # none | inverse_frequency (classification)
+    auc_lambda: float = 2.0               # ce_auc: lambda of the power AUC surrogate (medops.losses.auc)
+    auc_alpha: tuple = (1.0,)             # ce_auc: its weight; one per sub-model of an ensemble (last = single)
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,7 @@ class Family:
         metrics: test metrics a cell records (its ``status.json`` ``test`` keys).
         selection: validation metric (``history.csv`` column, higher is better) that picks the candidate.
         data_description: what the model was trained on, for the model card.
+        limitations: the model card's "Known limitations" lines.
     """
 
     name: ClassVar[str] = ""
@@ -77,6 +78,10 @@ class Family:
     metrics: ClassVar[tuple[str, ...]] = ()
     selection: ClassVar[str] = ""
     data_description: ClassVar[str] = "images"
+    limitations: ClassVar[tuple[str, ...]] = (
+        "Simulated data calibrated on image appearance, not on clinical data; no external validation.",
+        "2-D images at the profile's image size; one lesion per case.",
+        "Confidence intervals are over few seeds (t-interval); per-case tests assume independent cases.")
 
     def __init__(self, cfg=None):
         self.cfg = cfg
@@ -136,6 +141,11 @@ class Family:
             raise MedopsError("--seed", "an ablation cell needs a seed", f"pass one of {list(abl.seeds)}")
         return Prepared(abl.cell_dataset(cell, self.default_dataset(fcfg)), abl.cell_model(cell, fcfg.model),
                         abl.cell_train(cell, fcfg.train, seed), layout.cell_dir(self.name, cell, seed), cell)
+
+    def run_index(self, index, prepared: Prepared):
+        """The preprocessed index as this run uses it (default: unchanged). A family whose ablation seeds are
+        cross-validation folds re-assigns ``split`` here, so a cell's seed picks its test fold."""
+        return index
 
     def run_tags(self, index, train_ds, task) -> dict:
         """Extra MLflow tags of a training run (e.g. class list and counts)."""

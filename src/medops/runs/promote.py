@@ -35,10 +35,7 @@ def _model_card(fam, version: str, cand, tags: dict, gates, cell_table_row: dict
     rep = layout.ablation_report_dir(family) / "report.md"
     if rep.exists():
         lines += ["", "## Ablation (from `medops report`)", "", rep.read_text().split("\n", 1)[1]]
-    lines += ["", "## Known limitations", "",
-              "- Simulated data calibrated on image appearance, not on clinical data; no external validation.",
-              "- 2-D images at the profile's image size; one lesion per case.",
-              "- Confidence intervals are over few seeds (t-interval); per-case tests assume independent cases."]
+    lines += ["", "## Known limitations", "", *(f"- {x}" for x in fam.limitations)]
     cell_figs = layout.cell_dir(family, cand.cell, int(cand.seed)) / "figures"
     figs = sorted((layout.ablation_report_dir(family) / "figures").glob("*.png")) + sorted(cell_figs.glob("*.png"))
     if figs:

@@ -150,7 +150,7 @@ def train(cfg, family: str, *, resume: bool = False, progress: bool = True, cell
     validation = require_passed(layout.data_dir(p.dataset), layout.validation_dir(p.dataset))
     pre = layout.preprocessed_dir(p.dataset)
     require_current(pre, validation)
-    index = load_index(pre)
+    index = fam.run_index(load_index(pre), p)
     fingerprint = _fingerprint(p, index)
     if not dinfo.main:
         return _train_rank(fam, fcfg, p, pre, index, resume)

@@ -49,25 +49,18 @@ class NodulePreprocessConfig:
 
 @dataclass(frozen=True)
 class NoduleModelConfig:
-    RULES: ClassVar[dict] = {"arch": ARCHS, "dropout": "[0, 1)", "hidden": "[1, 100000]"}
+    RULES: ClassVar[dict] = {"arch": ARCHS, "dropout": "[0, 1)", "hidden": "[1, 100000]",
+                             "scale": ("small", "medium", "large")}
     arch: str = "nodule3d_ensemble"
-    scales: tuple = (32, 48, 64)          # ensemble sub-networks (Eq. 4); subnet: scales[0]
+    scales: tuple = (32, 48, 64)          # ensemble sub-networks (Eq. 4)
+    scale: str = "large"                  # a single sub-network's scale: small | medium | large (of scales)
     channels: tuple = (16, 32, 64, 64, 128)
     hidden: int = 486                     # Table 3
     dropout: float = 0.5                  # Table 3
-    branches: tuple = ("macro", "micro", "general")   # IFM channels
+    branches: tuple | str = ("macro", "micro", "general")   # IFM channels (an ablation level: "macro_micro")
     resnet_layers: tuple = (1, 1, 1, 1)
     resnet_widths: tuple = (32, 64, 128, 256)
     densenet_block_config: tuple = (2, 4, 6, 4)
-
-
-@dataclass(frozen=True)
-class NoduleLossConfig:
-    RULES: ClassVar[dict] = {"name": ("ce", "ce_auc"), "lam": "(0, 10]"}
-    name: str = "ce_auc"                  # ce | ce_auc (Eq. 13)
-    lam: float = 2.0                      # lambda of Eq. 12
-    alpha: tuple = (0.5, 0.75, 1.0)       # per scale 32/48/64 (paper: from MSCS-DeepLN); single models: alpha[-1]
-    balanced_sampler: bool = False        # draw training batches class-balanced (more positive-negative pairs)
 
 
 @dataclass(frozen=True)
@@ -90,7 +83,6 @@ class Nodule3DConfig:
     """params.yaml `nodule3d:` (+ `ablation.nodule3d`, `promote.nodule3d`)."""
     dataset: str = "lidc-sim"
     model: NoduleModelConfig = NoduleModelConfig()
-    loss: NoduleLossConfig = NoduleLossConfig()
     train: TrainConfig = TrainConfig()
     augment: NoduleAugmentConfig = NoduleAugmentConfig()
     evaluate: NoduleEvaluateConfig = NoduleEvaluateConfig()

@@ -46,7 +46,7 @@ def per_nodule_table(net, ds, batch_size: int = 16) -> pd.DataFrame:
 
 def metrics_of(df: pd.DataFrame) -> dict:
     prob = np.stack([df.prob_benign, df.prob_malignant], 1).astype(np.float32)
-    return classification_metrics(torch.from_numpy(prob), torch.from_numpy(df.label_idx.to_numpy(np.int64)))
+    return classification_metrics(torch.from_numpy(prob), torch.from_numpy(np.array(df.label_idx, dtype=np.int64)))
 
 
 def subgroups(df: pd.DataFrame) -> pd.DataFrame:

@@ -36,14 +36,20 @@ class Nodule3D(Family):
     metrics = METRICS
     selection = "val_auc"
     data_description = "CT nodule cubes (simulated chest CT around real LIDC-IDRI nodule shapes and ratings)"
+    limitations = (
+        "Images are simulated from CT physics; only the nodules' shapes (one reader's contours) and malignancy "
+        "ratings are real (LIDC-IDRI). Performance on real CT is unknown; no external validation.",
+        "Labels are radiologists' malignancy ratings (aggregated), not pathology; rating 3 excluded by default.",
+        "Nodule centres are given, not detected: a classifier of known nodules, not a detector.",
+        "Metrics are mean ± std over patient-level folds; per-nodule tests treat nodules of one scan as independent.")
 
     def check_config(self, fcfg) -> None:
         m = fcfg.model
         if m.arch == "nodule3d_ensemble" and len(m.scales) < 2:
             raise ConfigError("params.yaml:nodule3d.model.scales", f"{list(m.scales)}: an ensemble needs 2+ scales",
                               "e.g. [32, 48, 64]")
-        if len(fcfg.loss.alpha) < 1:
-            raise ConfigError("params.yaml:nodule3d.loss.alpha", "empty", "one alpha per scale, e.g. [0.5, 0.75, 1.0]")
+        if len(fcfg.train.auc_alpha) < 1:
+            raise ConfigError("params.yaml:nodule3d.train.auc_alpha", "empty", "one alpha per scale, e.g. [0.5, 0.75, 1.0]")
 
     # data
     def default_dataset(self, fcfg) -> str:
@@ -80,7 +86,7 @@ class Nodule3D(Family):
         if m.arch == "nodule3d_ensemble":
             kw = {"scales": list(m.scales), "channels": list(m.channels), "hidden": m.hidden, "dropout": m.dropout}
         elif m.arch == "nodule3d_subnet":
-            kw = {"scale": int(m.scales[0]), "channels": list(m.channels), "hidden": m.hidden, "dropout": m.dropout}
+            kw = {"scale": int(m.scales[{"small": 0, "medium": 1, "large": -1}[m.scale]]), "channels": list(m.channels), "hidden": m.hidden, "dropout": m.dropout}
         elif m.arch == "nodule3d_ifm":
             kw = {"cube": int(max(m.scales)), "branches": list(m.branches), "channels": list(m.channels),
                   "hidden": m.hidden, "dropout": m.dropout}
@@ -89,6 +95,25 @@ class Nodule3D(Family):
         else:
             kw = {"scale": int(max(m.scales)), "block_config": list(m.densenet_block_config)}
         return get_model(m.arch, **kw, **common)
+
+    def prepare(self, fcfg, *, cell, seed, pretrain, layout):
+        p = super().prepare(fcfg, cell=cell, seed=seed, pretrain=pretrain, layout=layout)
+        m = p.model_cfg
+        if isinstance(m.branches, str):                  # an ablation level such as "macro" or "macro_micro"
+            p = dataclasses.replace(p, model_cfg=dataclasses.replace(m, branches=tuple(m.branches.split("_"))))
+        return p
+
+    def run_index(self, index, prepared):
+        """An ablation cell's seed is its fold: test on fold k, select on fold k+1, train on the rest (patient-
+        level folds from the simulator or your nodules.csv). The main model keeps the dataset's split."""
+        import numpy as np
+
+        if prepared.kind == "main" or "fold" not in index or (index.fold < 0).any():
+            return index
+        k = int(index.fold.max()) + 1
+        test = int(prepared.train_cfg.seed) % k
+        val = (test + 1) % k
+        return index.assign(split=np.where(index.fold == test, "test", np.where(index.fold == val, "val", "train")))
 
     def training_datasets(self, fcfg, pre, index):
         from medops.families.nodule3d.data import NoduleDataset
@@ -100,8 +125,7 @@ class Nodule3D(Family):
         from medops.families.nodule3d.task import Nodule3DTask
 
         fcfg = self.cfg.family(self.name) if self.cfg is not None else Nodule3DConfig()
-        return Nodule3DTask(net, train_cfg, dataset=train_ds, loss_cfg=fcfg.loss,
-                            weight_step=fcfg.evaluate.weight_step)
+        return Nodule3DTask(net, train_cfg, dataset=train_ds, weight_step=fcfg.evaluate.weight_step)
 
     def run_tags(self, index, train_ds, task):
         import torch
@@ -140,8 +164,19 @@ class Nodule3D(Family):
         return "\n".join(lines)
 
     def report(self, cells_root, abl, out, *, alpha, profile):
-        raise MedopsError("medops report nodule3d", "the nodule3d ablation report is not built yet (issue 13, part 7)",
-                          "train and evaluate the main model (medops train/evaluate nodule3d) meanwhile")
+        from medops.families.nodule3d.report import build_report
+
+        return build_report(cells_root, abl, out, alpha=alpha, profile=profile)
+
+    def compare(self, cand, champ, metric):
+        from medops.metrics.classification import paired_auc_test
+
+        a, b = cand.set_index("case_id"), champ.set_index("case_id")
+        if "prob_malignant" not in b or set(a.index) != set(b.index):
+            return None
+        b = b.loc[a.index]
+        return {**paired_auc_test(a.label_idx.to_numpy(), a.prob_malignant.to_numpy(), b.prob_malignant.to_numpy()),
+                "test": "paired bootstrap of AUC"}
 
     def predict(self, cfg, ref, inp, out, *, threshold):
         raise DataError(str(inp), "nodule3d prediction from a DICOM series is not built yet (issue 13, part 8)",

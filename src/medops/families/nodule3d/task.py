@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import torch
 
+from medops.errors import ConfigError
 from medops.losses.auc import CEPowerAUCLoss
 from medops.tasks.classification import ClassificationTask, class_weights
 
 
 class Nodule3DTask(ClassificationTask):
-    def __init__(self, net, cfg, dataset=None, *, loss_cfg, weight_step: float = 0.1, **_):
+    def __init__(self, net, cfg, dataset=None, *, weight_step: float = 0.1, **_):
         from medops.engine import TaskModule
 
         TaskModule.__init__(self, net, cfg)
@@ -24,10 +25,13 @@ class Nodule3DTask(ClassificationTask):
         self.class_weight = class_weights(labels, 2, cfg.class_weights)
         self.multi = hasattr(net, "forward_all")
         n = len(net.subnets) if self.multi else 1
-        alphas = list(loss_cfg.alpha)[-n:] if len(loss_cfg.alpha) >= n else [loss_cfg.alpha[-1]] * n
-        if loss_cfg.name == "ce":
+        if cfg.loss not in ("ce", "ce_auc"):
+            raise ConfigError("train.loss", f"'{cfg.loss}' is not a loss of this family", "use ce or ce_auc (Eq. 13)")
+        al = [float(a) for a in cfg.auc_alpha]
+        alphas = al[-n:] if len(al) >= n else [al[-1]] * n
+        if cfg.loss == "ce":
             alphas = [0.0] * n
-        self.losses = torch.nn.ModuleList([CEPowerAUCLoss(a, loss_cfg.lam, self.class_weight) for a in alphas])
+        self.losses = torch.nn.ModuleList([CEPowerAUCLoss(a, cfg.auc_lambda, self.class_weight) for a in alphas])
         self.loss_fn = self.losses[-1]
         self.weight_step = weight_step
         self.monitor, self.monitor_mode = cfg.monitor, ("min" if cfg.monitor.endswith("loss") else "max")
