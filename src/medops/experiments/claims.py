@@ -65,6 +65,23 @@ def judge(res: dict, *, cells: pd.DataFrame, better_cell: str, worse_cell: str, 
     return {**out, "verdict": "not reproduced", "reason": "the paper gives no effect size: power not judged"}
 
 
+def judge_auc_claim(row: dict, cases: dict, better_cell: str | None, worse_cell: str | None, *, cells: pd.DataFrame,
+                    paper_effect: float, alpha: float = 0.05) -> dict:
+    """A claim "better_cell > worse_cell" on test AUC: one-sided paired bootstrap over the cases both cells tested
+    (``cases``: cell -> DataFrame indexed by case with ``label_idx`` and ``prob``), then :func:`judge`."""
+    from medops.metrics.classification import binary_auc, paired_auc_test
+
+    if better_cell not in cases or worse_cell not in cases:
+        return not_run(row, "a cell of the claim was not run, is missing or failed")
+    a, b = cases[better_cell], cases[worse_cell]
+    common = a.index.intersection(b.index)
+    y = a.loc[common, "label_idx"].to_numpy()
+    pb = b.loc[common, "prob"].to_numpy()
+    res = paired_auc_test(y, a.loc[common, "prob"].to_numpy(), pb)
+    return {**row, **judge(res, cells=cells, better_cell=better_cell, worse_cell=worse_cell, paper_effect=paper_effect,
+                           worse_value=binary_auc(y, pb), alpha=alpha)}
+
+
 def not_run(row: dict, why: str) -> dict:
     return {**row, "verdict": "untestable", "reason": why}
 

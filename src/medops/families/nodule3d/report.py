@@ -15,7 +15,6 @@ from medops.config import AblationConfig
 from medops.experiments import claims as verdicts
 from medops.experiments.ablation import collect, convergence_note, curves_figure, gaps_section
 from medops.families.nodule3d.references import IFM_NOTE, PAPER_ROW, TABLE3, TABLE3_METRICS
-from medops.metrics.classification import binary_auc, paired_auc_test
 
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
 
@@ -79,20 +78,12 @@ def _claim_cells(abl: AblationConfig, table: pd.DataFrame, cells: pd.DataFrame) 
 def claims(abl: AblationConfig, table: pd.DataFrame, cells: pd.DataFrame, cases: dict, alpha: float) -> pd.DataFrame:
     paper_auc = {k: v[3][0] for k, v in TABLE3.items()}
     rows = []
+    paper_row = table.set_index("cell").paper_row
     for claim, ca, cb in _claim_cells(abl, table, cells):
-        row = {"claim": claim, "better": ca, "worse": cb}
-        if ca not in cases or cb not in cases:
-            rows.append(verdicts.not_run(row, "a cell of the claim was not run, is missing or failed"))
-            continue
-        a, b = cases[ca], cases[cb]
-        common = a.index.intersection(b.index)
-        y = a.loc[common, "label_idx"].to_numpy()
-        res = paired_auc_test(y, a.loc[common, "prob"].to_numpy(), b.loc[common, "prob"].to_numpy())
-        ra = table.set_index("cell").paper_row.get(ca, "")
-        rb = table.set_index("cell").paper_row.get(cb, "")
+        ra, rb = paper_row.get(ca, ""), paper_row.get(cb, "")
         effect = (paper_auc[ra] - paper_auc[rb]) / 100 if ra and rb else float("nan")
-        rows.append({**row, **verdicts.judge(res, cells=cells, better_cell=ca, worse_cell=cb, paper_effect=effect,
-                                             worse_value=binary_auc(y, b.loc[common, "prob"].to_numpy()), alpha=alpha)})
+        rows.append(verdicts.judge_auc_claim({"claim": claim, "better": ca, "worse": cb}, cases, ca, cb, cells=cells,
+                                             paper_effect=effect, alpha=alpha))
     return pd.DataFrame(rows)
 
 

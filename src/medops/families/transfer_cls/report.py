@@ -14,7 +14,6 @@ from medops.experiments import claims as verdicts
 from medops.experiments.ablation import bar_chart, cell_for, collect, convergence_note, curves_figure, fmt, gaps_section
 from medops.experiments.ablation import factor_tables as shared_factor_tables
 from medops.families.transfer_cls.references import CLAIMS_002, PAPER_002, TABLE_TITLES_002
-from medops.metrics.classification import paired_auc_test
 
 METRICS = ("accuracy", "precision", "recall", "f1", "auc", "energy_in_mask", "pointing_hit", "mask_fraction")
 PAPER_METRICS = ("accuracy", "precision", "recall", "f1", "auc")
@@ -38,26 +37,15 @@ def factor_tables(abl: AblationConfig, cells: pd.DataFrame) -> dict[str, pd.Data
 def claims(abl: AblationConfig, cells: pd.DataFrame, cases: dict, alpha: float) -> pd.DataFrame:
     """Each claim of paper 002 judged by the shared rules (experiments.claims): paired one-sided bootstrap of
     test AUC, the paper's AUC difference (Table 1) as the effect to detect."""
-    from medops.metrics.classification import binary_auc
-
     rows = []
     for claim, factor, better, worse in CLAIMS_002:
         if factor not in abl.factors:
             continue
         ca, cb = cell_for(abl, factor, better), cell_for(abl, factor, worse)
-        row = {"claim": claim, "better": better, "worse": worse}
-        if ca not in cases or cb not in cases:
-            rows.append(verdicts.not_run(row, "a cell of the claim was not run, is missing or failed"))
-            continue
-        a, b = cases[ca], cases[cb]
-        common = a.index.intersection(b.index)
-        y = a.loc[common, "label_idx"].to_numpy()
-        res = paired_auc_test(y, a.loc[common, "prob"].to_numpy(), b.loc[common, "prob"].to_numpy())
         paper = PAPER_002.get(factor, {})
         effect = (paper[better][4] - paper[worse][4]) / 100 if better in paper and worse in paper else float("nan")
-        rows.append({**row, **verdicts.judge(res, cells=cells, better_cell=ca, worse_cell=cb, paper_effect=effect,
-                                             worse_value=binary_auc(y, b.loc[common, "prob"].to_numpy()),
-                                             alpha=alpha)})
+        rows.append(verdicts.judge_auc_claim({"claim": claim, "better": better, "worse": worse}, cases, ca, cb,
+                                             cells=cells, paper_effect=effect, alpha=alpha))
     return pd.DataFrame(rows)
 
 
