@@ -232,6 +232,38 @@ def test_gate_names_bad_nodule_rows_and_annotations(sim, tmp_path, smoke_cfg):
     assert ok["status"] == "passed" and "nodules.csv" in ok["files_sha256"]
 
 
+def test_your_own_data_case_folders_and_a_centres_csv_pass_the_same_gate(sim, tmp_path, smoke_cfg):
+    """A DICOM series folder per case plus nodules.csv (centres and labels only) goes through the same gate
+    (the family builds the manifest; nothing is written into the data), then preprocessing assigns
+    patient-level folds; a later edit of nodules.csv is caught."""
+    from medops.errors import DataError
+    from medops.families import get_family
+    from medops.validation import require_passed, validate_dataset
+
+    out, man, cfg = sim
+    own = tmp_path / "own"
+    for i, case in enumerate(sorted(man.case_id.unique())):
+        dst = own / case if i % 2 else own / case / "series"          # both layouts: files in the case folder or series/
+        shutil.copytree(out / case / "series", dst)
+    nod = pd.read_csv(out / "nodules.csv")[["case_id", "nodule_id", "x_mm", "y_mm", "z_mm", "label"]]
+    nod.to_csv(own / "nodules.csv", index=False)
+    before = sorted(p.relative_to(own).as_posix() for p in own.rglob("*"))
+    fam = get_family("nodule3d", smoke_cfg)
+    spec = fam.validation_spec(smoke_cfg, own, "own")
+    summary = validate_dataset(own, smoke_cfg.validate, tmp_path / "report", progress=False, spec=spec,
+                               split_fractions=smoke_cfg.split.fractions, split_seed=smoke_cfg.split.seed)
+    assert summary["status"] == "passed" and summary["n_cases"] == man.case_id.nunique()
+    assert sorted(p.relative_to(own).as_posix() for p in own.rglob("*")) == before     # nothing written into the data
+    require_passed(own, tmp_path / "report")
+    idx, msg = fam.preprocess(dataclasses.replace(smoke_cfg), own, tmp_path / "pre")
+    assert len(idx) == len(nod) and idx.fold.between(0, 4).all() and set(idx.split) == {"train", "val", "test"}
+    assert idx.groupby("patient_id").fold.nunique().max() == 1                          # folds are patient-level
+    nod.loc[0, "label"] = "malignant" if nod.label[0] == "benign" else "benign"
+    nod.to_csv(own / "nodules.csv", index=False)
+    with pytest.raises(DataError, match="validated_content"):
+        require_passed(own, tmp_path / "report")
+
+
 # ------------------------------------------------------------------ loss, ensemble weights, augmentation
 def test_power_auc_loss_matches_eq12_and_is_zero_with_one_class():
     from medops.losses.auc import CEPowerAUCLoss, power_auc_loss
@@ -329,3 +361,20 @@ def test_dvc_repro_whole_family_through_ablation_report_and_promotion(tmp_path):
     assert set(cl.verdict) <= {"reproduced", "not reproduced", "untestable"}
     promo = json.loads((dst / "reports/promotion/nodule3d.json").read_text())
     assert promo.get("champion") or promo.get("challenger")
+    # prediction with the champion from a case folder (DICOM series + annotation.json), and a bad centre refused
+    case = sorted((dst / "data/raw/lidc-sim").glob("lidc*/annotation.json"))[0].parent
+    sh(f"medops predict --model models:/nodule3d@champion --input {case} --out {tmp_path / 'pred'}")
+    res = [json.loads(p.read_text()) for p in sorted((tmp_path / "pred").glob("*.json"))]
+    assert len(res) == len(json.loads((case / "annotation.json").read_text())["nodules"])
+    for r in res:
+        assert abs(sum(r["probabilities"].values()) - 1) < 1e-4 and r["predicted"] in ("benign", "malignant")
+        assert (tmp_path / "pred" / r["gradcam_png"]).exists()
+        cam = np.load(tmp_path / "pred" / r["gradcam_png"].replace(".png", ".npy"))
+        assert cam.ndim == 3 and cam.shape == (16, 16, 16)          # a 3-D Grad-CAM map over the cube
+    bad = tmp_path / "badcase"
+    shutil.copytree(case / "series", bad / "series")
+    (bad / "nodules.csv").write_text("x_mm,y_mm,z_mm\n9999,0,0\n")
+    r = subprocess.run(f"medops predict --model models:/nodule3d@champion --input {bad} --out {tmp_path / 'pred2'}",
+                       cwd=dst, env=env, capture_output=True, text=True, shell=True)
+    assert r.returncode != 0 and "centre_inside_volume" in r.stdout + r.stderr
+    assert not (tmp_path / "pred2").exists() or not any((tmp_path / "pred2").iterdir())

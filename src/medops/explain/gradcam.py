@@ -21,13 +21,15 @@ def _minmax(x: torch.Tensor) -> torch.Tensor:
     """Per-map scaling of the (ReLU'd) Grad-CAM to [0, 1], largest = 1. MONAI's default normaliser maps the
     maximum to 0 (it flips magnitudes), which would invert every localisation score."""
     flat = x.reshape(x.shape[0], -1)
-    lo, hi = flat.min(1).values.view(-1, 1, 1, 1), flat.max(1).values.view(-1, 1, 1, 1)
+    shape = (-1, *([1] * (x.dim() - 1)))                       # 2-D (N, 1, H, W) or 3-D (N, 1, D, H, W) maps
+    lo, hi = flat.min(1).values.view(shape), flat.max(1).values.view(shape)
     return (x - lo) / (hi - lo).clamp_min(1e-12)
 
 
 def gradcam(net: torch.nn.Module, images: torch.Tensor, class_idx: int | None = 1, layer: str | None = None,
             batch_size: int = 16) -> np.ndarray:
-    """Grad-CAM maps (N, H, W) in [0, 1] for ``class_idx`` (None: the predicted class)."""
+    """Grad-CAM maps (N, H, W) — or (N, D, H, W) for 3-D inputs — in [0, 1] for ``class_idx`` (None: the
+    predicted class)."""
     layer = layer or getattr(net, "gradcam_layer", None)
     if layer is None:
         raise ValueError("name the Grad-CAM layer (the model has no gradcam_layer)")

@@ -76,7 +76,8 @@ def _work(args):
     root, case_id, nods, shards, cfg = args
     from medops.data.dicom_series import read_series
 
-    vol = read_series(Path(root) / case_id / "series")
+    case_dir = Path(root) / case_id
+    vol = read_series(case_dir / "series" if (case_dir / "series").is_dir() else case_dir)
     out = []
     for n, shard in zip(nods, shards):
         patch, pad = extract_patch(vol, (n["x_mm"], n["y_mm"], n["z_mm"]), cfg.cube, cfg.spacing_mm)
@@ -97,11 +98,28 @@ def read_nodules(root: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"case_id": str, "nodule_id": str, "patient_id": str})
 
 
-def preprocess_nodules(root: str | Path, out: str | Path, cfg, *, progress: bool = True) -> pd.DataFrame:
-    """Patches of every labelled nodule under ``root`` -> shards + ``index.parquet`` under ``out``."""
+def assign_folds(nod: pd.DataFrame, k: int, seed: int) -> pd.Series:
+    """Patient-level folds, stratified by whether the patient has a malignant nodule (nodules.csv without folds)."""
+    pat = nod.groupby("patient_id").label.apply(lambda s: int((s == "malignant").any()))
+    rng = np.random.default_rng([seed, 5])
+    fold = {}
+    for _, g in pat.groupby(pat, sort=True):
+        for j, p in enumerate(rng.permutation(sorted(g.index))):
+            fold[p] = j % k
+    return nod.patient_id.map(fold)
+
+
+def preprocess_nodules(root: str | Path, out: str | Path, cfg, *, manifest: pd.DataFrame | None = None,
+                       fold_seed: int = 0, progress: bool = True) -> pd.DataFrame:
+    """Patches of every labelled nodule under ``root`` -> shards + ``index.parquet`` under ``out``.
+    ``manifest``: the slice files per case (default: ``root/manifest.parquet``)."""
     root, out = Path(root), Path(out)
-    man = pd.read_parquet(root / "manifest.parquet")
+    man = manifest if manifest is not None else pd.read_parquet(root / "manifest.parquet")
     nod = read_nodules(root)
+    if "patient_id" not in nod:
+        nod = nod.merge(man.drop_duplicates("case_id")[["case_id", "patient_id"]], on="case_id", how="left")
+    if "fold" not in nod or nod.fold.isna().any():
+        nod["fold"] = assign_folds(nod, cfg.folds, fold_seed)
     (out / "shards").mkdir(parents=True, exist_ok=True)
     recorded = previous_shard_digests(out)
     cases = man.groupby("case_id", sort=True)

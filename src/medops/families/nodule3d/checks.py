@@ -21,6 +21,47 @@ def _line(where, rule, detail, fix) -> str:
     return f"{where}: rule {rule} failed ({detail}). Fix: {fix}"
 
 
+def series_folder(case_dir: Path) -> Path:
+    """Where a case's slices are: ``<case>/series/`` if it exists, else the case folder itself."""
+    return case_dir / "series" if (case_dir / "series").is_dir() else case_dir
+
+
+def build_manifest(root: Path, split_fractions: dict | None = None, split_seed: int = 0) -> pd.DataFrame:
+    """Your own data: one folder per case holding its DICOM series (directly or in ``series/``) and
+    ``nodules.csv`` -> one manifest row per slice file. ``patient_id`` and ``split`` come from nodules.csv when
+    it has them; otherwise each case is its own patient and the split is patient-level, stratified by whether
+    the case holds a malignant nodule."""
+    from medops.data.splits import apply_split
+
+    root = Path(root)
+    nod = pd.read_csv(root / "nodules.csv", dtype=str) if (root / "nodules.csv").exists() else pd.DataFrame()
+    rows = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        folder = series_folder(d)
+        for f in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                        and p.suffix.lower() not in (".json", ".csv", ".txt", ".md")):
+            rows.append({"case_id": d.name, "modality": "ct", "path": f.relative_to(root).as_posix()})
+    if not rows:
+        raise DataError(str(root), "series_layout: no case folder with DICOM files",
+                        "put one folder per case holding its DICOM series (or <case>/series/) and a nodules.csv")
+    man = pd.DataFrame(rows)
+    cases = pd.DataFrame({"case_id": sorted(man.case_id.unique())})
+    by_case = nod.groupby("case_id") if "case_id" in nod else None
+    first = lambda col, c, default: (by_case.get_group(c)[col].iloc[0] if by_case is not None and col in nod  # noqa: E731
+                                     and c in by_case.groups else default)
+    cases["patient_id"] = [first("patient_id", c, c) for c in cases.case_id]
+    cases["label"] = [("malignant" if by_case is not None and c in by_case.groups and "label" in nod
+                       and (by_case.get_group(c).label == "malignant").any() else "benign") for c in cases.case_id]
+    if "split" in nod and nod.split.notna().all():
+        cases["split"] = [first("split", c, "train") for c in cases.case_id]
+    else:
+        fr = split_fractions or {"train": 0.7, "val": 0.15, "test": 0.15}
+        cases = pd.concat([apply_split(g, fr, split_seed) for _, g in cases.groupby("label", sort=True)],
+                          ignore_index=True)
+    return man.merge(cases[["case_id", "patient_id", "split"]], on="case_id")[
+        ["case_id", "patient_id", "modality", "path", "split"]]
+
+
 def check_series_and_nodules(root: Path, manifest: pd.DataFrame) -> list[str]:
     from medops.data.dicom_series import read_series
 

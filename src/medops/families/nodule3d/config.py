@@ -39,11 +39,12 @@ class LidcSimConfig:
 @dataclass(frozen=True)
 class NodulePreprocessConfig:
     """params.yaml `preprocess_nodule:` — paper 004 section 4.1: a cube around each nodule centre, Eq. 14 window."""
-    RULES: ClassVar[dict] = {"cube": "[8, 256]", "spacing_mm": "[0, 5]", "workers": "[1, 64]"}
+    RULES: ClassVar[dict] = {"cube": "[8, 256]", "spacing_mm": "[0, 5]", "workers": "[1, 64]", "folds": "[2, 20]"}
     cube: int = 64                        # voxels per side (the largest scale)
     spacing_mm: float = 1.0               # isotropic resampling first (0: keep the scan's spacing)
     hu_min: float = -1000.0               # Eq. 14: -1000..400 HU -> 0..1
     hu_max: float = 400.0
+    folds: int = 5                        # patient-level folds assigned when nodules.csv has none (your own data)
     workers: int = 1
 
 

@@ -7,7 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from medops.errors import ConfigError, DataError, MedopsError
+from medops.errors import ConfigError
 from medops.families.base import Family, register_family
 from medops.families.nodule3d.config import LidcSimConfig, Nodule3DConfig, NodulePreprocessConfig
 
@@ -17,11 +17,12 @@ METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
 def _validation_spec():
     from medops.validation.gate import DatasetSpec
 
-    from medops.families.nodule3d.checks import check_series_and_nodules
+    from medops.families.nodule3d.checks import build_manifest, check_series_and_nodules
 
     return DatasetSpec(modalities={"ct": {"min_size": 32, "dtypes": ["uint16", "int16", "float32"], "max": None}},
                        required=("ct",), labelled=False, mask_not_empty=False, present_only=True,
-                       extra_checks=check_series_and_nodules, extra_files=lambda root: ["nodules.csv"])
+                       extra_checks=check_series_and_nodules, extra_files=lambda root: ["nodules.csv"],
+                       manifest_builder=build_manifest)
 
 
 @register_family
@@ -71,7 +72,11 @@ class Nodule3D(Family):
     def preprocess(self, cfg, root, out):
         from medops.preprocess.nodule_patches import preprocess_nodules
 
-        idx = preprocess_nodules(root, out, cfg.preprocess_nodule)
+        from medops.families.nodule3d.checks import build_manifest
+
+        root = Path(root)
+        man = None if (root / "manifest.parquet").exists() else build_manifest(root, cfg.split.fractions, cfg.split.seed)
+        idx = preprocess_nodules(root, out, cfg.preprocess_nodule, manifest=man, fold_seed=cfg.split.seed)
         stats = json.loads((Path(out) / "preprocess.json").read_text())
         msg = (f"preprocessed {len(idx)} nodules from {stats['n_scans']} scans ({stats['computed']} computed, "
                f"{stats['cached']} from cache); {stats['padded_patches']} patch(es) padded with air")
@@ -179,5 +184,11 @@ class Nodule3D(Family):
                 "test": "paired bootstrap of AUC"}
 
     def predict(self, cfg, ref, inp, out, *, threshold):
-        raise DataError(str(inp), "nodule3d prediction from a DICOM series is not built yet (issue 13, part 8)",
-                        "use medops evaluate nodule3d on a dataset meanwhile")
+        from medops.families.nodule3d.predict import predict_nodules
+
+        return predict_nodules(ref, inp, out, cfg.preprocess_nodule)
+
+    def describe_prediction(self, r, out):
+        subs = ", ".join(f"{k}: {v:.3f}" for k, v in r["submodel_malignant"].items())
+        return (f"{r['case_id']}: {r['predicted']} (p malignant {r['probabilities']['malignant']:.3f}"
+                + (f"; sub-models {subs}" if subs else "") + f") -> {out / r['gradcam_png']}")

@@ -76,6 +76,7 @@ class SubNet3D(nn.Module):
         if len(channels) != 5:
             raise ValueError(f"channels needs 5 widths (stem + four residual blocks), got {list(channels)}")
         self.scale = int(scale)
+        self.gradcam_layer = "blocks"
         self.stem = _stem(1, channels[0])
         self.blocks = _res_blocks(tuple(channels))
         self.head = _head(channels[-1], hidden, dropout, num_classes)
@@ -93,6 +94,7 @@ class MultiScaleEnsemble(nn.Module):
         self.scales = tuple(int(s) for s in scales)
         self.subnets = nn.ModuleList([SubNet3D(s, channels, hidden, dropout, num_classes) for s in self.scales])
         self.register_buffer("weights", torch.full((len(self.scales),), 1.0 / len(self.scales)))
+        self.gradcam_layer = f"subnets.{len(self.scales) - 1}.blocks"      # the largest scale sees the whole cube
 
     def forward_all(self, x) -> list[torch.Tensor]:
         return [net(x) for net in self.subnets]
@@ -141,6 +143,7 @@ class IFM(nn.Module):
         if bad or not branches:
             raise ValueError(f"IFM branches {list(branches)}: use a non-empty subset of {list(self.BRANCHES)}")
         self.cube, self.branches = int(cube), tuple(branches)
+        self.gradcam_layer = "blocks"
         self.half = self.cube // 2
         c = channels[0]
         self.stems = nn.ModuleDict({b: _stem(1, c) for b in self.branches})
@@ -187,9 +190,9 @@ def nodule3d_ifm(*, cube: int = 64, branches=IFM.BRANCHES, channels=(16, 32, 64,
 
 
 class _Cropped(nn.Module):
-    def __init__(self, net: nn.Module, scale: int):
+    def __init__(self, net: nn.Module, scale: int, gradcam_layer: str):
         super().__init__()
-        self.net, self.scale = net, int(scale)
+        self.net, self.scale, self.gradcam_layer = net, int(scale), gradcam_layer
 
     def forward(self, x):
         return self.net(center_crop3d(x, self.scale))
@@ -201,7 +204,7 @@ def monai_resnet3d(*, scale: int = 64, layers=(1, 1, 1, 1), widths=(32, 64, 128,
     from monai.networks.nets import ResNet
 
     return _Cropped(ResNet("basic", list(layers), list(widths), spatial_dims=3, n_input_channels=1,
-                           num_classes=num_classes), scale)
+                           num_classes=num_classes), scale, "net.layer4")
 
 
 @register_model("monai_densenet3d")
@@ -211,4 +214,4 @@ def monai_densenet3d(*, scale: int = 64, init_features: int = 16, growth_rate: i
     from monai.networks.nets import DenseNet
 
     return _Cropped(DenseNet(spatial_dims=3, in_channels=1, out_channels=num_classes, init_features=init_features,
-                             growth_rate=growth_rate, block_config=tuple(block_config)), scale)
+                             growth_rate=growth_rate, block_config=tuple(block_config)), scale, "net.features")
