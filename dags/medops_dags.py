@@ -3,7 +3,7 @@
 from medops_factory import build_dataset_dag, build_family_dag, datasets_of, load_params
 
 _params = load_params()
-_simulated = {"breast-trimodal", *(_params.get("rare_disease", {}) or {}).get("datasets", {})}
+_simulated = set(_params.get("orchestration", {}).get("simulated", []))
 for _family in _params.get("orchestration", {}).get("families", []):
     globals()[f"dag_{_family}"] = build_family_dag(_family, _params)
     for _dataset in datasets_of(_params, _family):

@@ -195,3 +195,40 @@ def test_a_checkpoint_write_killed_midway_leaves_the_previous_last_pt_intact(tmp
     p.kill()
     p.wait()
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+
+
+def test_balanced_sampler_draws_each_class_equally_and_the_same_order_on_both_paths(tmp_path):
+    """sampler: balanced — an imbalanced training set (1 positive in 10) is drawn with both classes about
+    equally often, the order is a function of (seed, epoch) whatever path holds the data, and a dataset without
+    labels is refused with a clear error."""
+    from medops.config import TrainConfig
+    from medops.errors import ConfigError
+
+    class DS(torch.utils.data.Dataset):
+        def __init__(self, n, pos):
+            self.labels = torch.tensor([1] * pos + [0] * (n - pos))
+
+        def __len__(self):
+            return len(self.labels)
+
+        def __getitem__(self, i):
+            return torch.zeros(1), self.labels[i], i
+
+    class Task:
+        net = torch.nn.Linear(1, 2)
+
+    cfg = TrainConfig(batch_size=10, sampler="balanced", seed=3, precision="fp32")
+    tr = Trainer(Task(), cfg, tmp_path, progress=False, device=torch.device("cpu"))
+    ds = DS(400, 40)
+    order = tr._order(ds, epoch=0)
+    share = float(ds.labels[order].float().mean())
+    assert 0.4 < share < 0.6                                  # random sampling would give 0.1
+    assert torch.equal(order, tr._order(ds, epoch=0)) and not torch.equal(order, tr._order(ds, epoch=1))
+    loader = [int(i) for b in tr._loader(ds, 0) for i in b[2]]
+    assert loader == order.tolist()
+    plain = Trainer(Task(), dataclasses.replace(cfg, sampler="random"), tmp_path, progress=False,
+                    device=torch.device("cpu"))
+    assert sorted(plain._order(ds, epoch=0).tolist()) == list(range(400))   # a permutation
+    ds.labels = None
+    with pytest.raises(ConfigError, match="train.sampler"):
+        tr._order(ds, epoch=0)

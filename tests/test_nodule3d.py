@@ -119,6 +119,21 @@ def test_nodule_patches_are_centred_windowed_and_cached(sim, smoke_cfg, tmp_path
     again = preprocess_nodules(out, tmp_path / "pre", pcfg, progress=False)
     assert json.loads((tmp_path / "pre" / "preprocess.json").read_text())["computed"] == 0
     assert list(again.shard) == list(idx.shard)
+    # rated-3 (indeterminate) nodules are written labelled benign with their rating, and carried into the index
+    nod = pd.read_csv(out / "nodules.csv")
+    assert (nod[nod.malignancy == 3].label == "benign").all() and set(idx.malignancy) == set(nod.malignancy)
+
+
+def test_rating3_policy_keeps_or_drops_indeterminate_nodules_in_training_never_in_test():
+    from medops.families.nodule3d.family import rating3_policy
+
+    idx = pd.DataFrame({"case_id": list("abcdef"), "split": ["train", "train", "val", "val", "test", "test"],
+                        "malignancy": [3, 1, 3, 5, 3, 4], "label": ["benign"] * 3 + ["malignant", "benign", "malignant"]})
+    ex = rating3_policy(idx, "exclude")
+    assert list(ex.case_id) == ["b", "d", "f"]
+    be = rating3_policy(idx, "benign")
+    assert list(be.case_id) == ["a", "b", "c", "d", "f"]                  # rated 3 in test: never
+    assert len(rating3_policy(idx.drop(columns="malignancy"), "exclude")) == 6   # your own data without ratings
 
 
 def test_a_patch_crossing_the_scan_edge_is_padded_with_air():

@@ -164,6 +164,7 @@ class TrainConfig:
         "epochs": "[1, inf)", "loss": ("dice_bce", "ce", "focal", "ce_auc"), "auc_lambda": "(0, 10]", "dice_weight": "[0, inf)", "bce_weight": "[0, inf)",
         "scheduler": ("cosine", "step", "none"), "step_size": "[1, inf)", "gamma": "(0, 1]", "num_workers": "[0, inf)", "early_stopping": "[0, inf)",
         "focal_gamma": "[0, inf)", "class_weights": ("none", "inverse_frequency"), "checkpoint_every": "[1, inf)",
+        "sampler": ("random", "balanced"),
         "nonfinite_check_every": "[1, inf)", "precision": ("auto", "fp32", "bf16", "fp16"),
         "channels_last": ("auto", True, False), "device_data_share": "[0, 1]"}
     optimizer: str = "adam"
@@ -190,6 +191,8 @@ class TrainConfig:
     nonfinite_check_every: int = 16       # read the device-side non-finite-loss flag every N steps
     focal_gamma: float = 2.0              # focal loss (classification)
     class_weights: str = "none"           # none | inverse_frequency (classification)
+    sampler: str = "random"               # random | balanced (classification: each class drawn equally often,
+                                          # with replacement, so most batches hold both classes)
     auc_lambda: float = 2.0               # ce_auc: lambda of the power AUC surrogate (medops.losses.auc)
     auc_alpha: tuple = (1.0,)             # ce_auc: its weight; one per sub-model of an ensemble (last = single)
 

@@ -284,7 +284,7 @@ def generate(cfg, split, out: Path, *, progress: bool = True) -> pd.DataFrame:
         if g.empty or (g.label < 0).all():
             continue
         picked.append((s, g))
-        n_lab += int((g.label >= 0).sum())
+        n_lab += int(((g.label >= 0) & (g.malignancy != 3)).sum())   # clear-cut nodules (rated 3: extra)
         if n_lab >= cfg.n_nodules:
             break
     sim = {"fov_mm": cfg.fov_mm, "fov_z_mm": cfg.fov_z_mm, "juxtapleural": cfg.juxtapleural,

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomSampler
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
@@ -240,6 +240,9 @@ class Trainer:
         self.dist = env_info()
         if self.dist.world > 1 and device is None and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
+        if self.dist.world > 1 and cfg.sampler != "random":
+            raise ConfigError("train.sampler", f"'{cfg.sampler}' sampling is single-process only",
+                              "use sampler: random with --nproc > 1 (or class_weights: inverse_frequency)")
         if self.dist.world > 1 and cfg.batch_size % self.dist.world:
             raise ConfigError("train.batch_size", f"global batch {cfg.batch_size} is not divisible by "
                               f"{self.dist.world} processes", "choose a batch size that is a multiple of --nproc")
@@ -273,14 +276,27 @@ class Trainer:
         if skip_batches:  # resuming inside an epoch: the same order, without the batches already trained
             return DataLoader(torch.utils.data.Subset(ds, self._order(ds, epoch, skip_batches).tolist()),
                               shuffle=False, **kw)
-        return DataLoader(ds, sampler=RandomSampler(ds, generator=g), drop_last=drop_last, **kw)
+        return DataLoader(ds, sampler=self._sampler(ds, g), drop_last=drop_last, **kw)
+
+    def _sampler(self, ds: Dataset, g: torch.Generator):
+        """An epoch's draw: a permutation, or (``sampler: balanced``) ``len(ds)`` draws with replacement in
+        which every class is equally likely (weights 1 / class count, from the dataset's ``labels``)."""
+        if self.cfg.sampler == "random":
+            return RandomSampler(ds, generator=g)
+        labels = getattr(ds, "labels", None)
+        if labels is None:
+            raise ConfigError("train.sampler", f"'balanced' needs class labels; {type(ds).__name__} has no "
+                              "`labels`", "use sampler: random for this task")
+        labels = torch.as_tensor(labels).long()
+        weights = (1.0 / torch.bincount(labels).clamp_min(1).double())[labels]
+        return WeightedRandomSampler(weights, len(ds), replacement=True, generator=g)
 
     def _order(self, ds: Dataset, epoch: int, skip_batches: int = 0) -> torch.Tensor:
         """The cases an epoch trains on, in order: a function of (seed, epoch) only, the same for the
         DataLoader and the resident path (full batches only when there is more than one)."""
         g = torch.Generator()
         g.manual_seed(self.cfg.seed * 100_003 + epoch)
-        order = torch.tensor(list(RandomSampler(ds, generator=g)), dtype=torch.long)
+        order = torch.tensor(list(self._sampler(ds, g)), dtype=torch.long)
         bs = self.cfg.batch_size
         n_full = len(order) // bs * bs if len(ds) > bs else len(order)
         return order[skip_batches * bs:n_full]

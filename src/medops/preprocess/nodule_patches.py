@@ -135,7 +135,7 @@ def preprocess_nodules(root: str | Path, out: str | Path, cfg, *, manifest: pd.D
                          "patient_id": str(n.get("patient_id", case_id)), "split": split,
                          "fold": int(n["fold"]) if "fold" in n and n["fold"] == n["fold"] else -1,
                          "label": n["label"], "label_idx": CLASSES.index(n["label"]), "shard": f"shards/{key}.npz",
-                         "has_mask": False, **{k: n[k] for k in ("diameter_mm", "texture_class", "calcified") if k in n}})
+                         "has_mask": False, **{k: n[k] for k in ("diameter_mm", "texture_class", "calcified", "malignancy") if k in n}})
             if not shard_intact(shard, recorded.get(f"shards/{key}.npz")):
                 need.append({k: n[k] for k in ("x_mm", "y_mm", "z_mm", "label")})
                 shards.append(shard)

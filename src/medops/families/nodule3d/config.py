@@ -22,7 +22,8 @@ class LidcSimConfig:
     n_nodules: int = 40                   # labelled nodules to draw (whole scans: a case holds all its nodules)
     cluster_mm: float = 8.0               # readers' annotations closer than this (centroids) are one nodule
     aggregate: str = "median"             # readers' malignancy -> the nodule's: median | mean | max | mode
-    rating3: str = "exclude"              # aggregated malignancy 3: exclude (paper-like) | benign
+    rating3: str = "benign"               # aggregated malignancy 3: benign (written, labelled benign, with
+                                          # malignancy 3; the model's rating3 policy uses or drops them) | exclude
     max_nodules_per_case: int = 2
     max_diameter_mm: float = 30.0         # larger lesions are masses, not nodules
     fov_mm: float = 72.0                  # in-plane field of view of a case
@@ -51,7 +52,7 @@ class NodulePreprocessConfig:
 @dataclass(frozen=True)
 class NoduleModelConfig:
     RULES: ClassVar[dict] = {"arch": ARCHS, "dropout": "[0, 1)", "hidden": "[1, 100000]",
-                             "scale": ("small", "medium", "large")}
+                             "scale": ("small", "medium", "large"), "rating3": ("exclude", "benign")}
     arch: str = "nodule3d_ensemble"
     scales: tuple = (32, 48, 64)          # ensemble sub-networks (Eq. 4)
     scale: str = "large"                  # a single sub-network's scale: small | medium | large (of scales)
@@ -62,6 +63,8 @@ class NoduleModelConfig:
     resnet_layers: tuple = (1, 1, 1, 1)
     resnet_widths: tuple = (32, 64, 128, 256)
     densenet_block_config: tuple = (2, 4, 6, 4)
+    rating3: str = "exclude"              # nodules rated 3 (indeterminate) in training and validation: exclude
+                                          # (paper-like) | benign. Never in the test folds (paired comparisons)
 
 
 @dataclass(frozen=True)

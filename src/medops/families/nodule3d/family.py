@@ -25,6 +25,17 @@ def _validation_spec():
                        manifest_builder=build_manifest)
 
 
+def rating3_policy(index, policy: str):
+    """Nodules rated 3 (indeterminate; ``malignancy == 3`` in nodules.csv, labelled benign there) are kept in
+    training and validation under ``benign`` and dropped under ``exclude``; they never enter a test split, so
+    every cell and the champion are compared on the same clear-cut nodules."""
+    if "malignancy" not in index:
+        return index
+    r3 = index.malignancy.fillna(0).astype(float) == 3
+    drop = r3 & ((index.split == "test") | (policy == "exclude"))
+    return index[~drop].reset_index(drop=True)
+
+
 @register_family
 class Nodule3D(Family):
     """Multi-scale 3-D CNN ensemble (32/48/64-voxel crops, Eq. 4), CE + power AUC loss (Eq. 12-13), the
@@ -40,7 +51,8 @@ class Nodule3D(Family):
     limitations = (
         "Images are simulated from CT physics; only the nodules' shapes (one reader's contours) and malignancy "
         "ratings are real (LIDC-IDRI). Performance on real CT is unknown; no external validation.",
-        "Labels are radiologists' malignancy ratings (aggregated), not pathology; rating 3 excluded by default.",
+        "Labels are radiologists' malignancy ratings (aggregated), not pathology; rating 3 (indeterminate) is "
+        "excluded from training by default (model.rating3) and always from the test folds.",
         "Nodule centres are given, not detected: a classifier of known nodules, not a detector.",
         "Metrics are mean ± std over patient-level folds; per-nodule tests treat nodules of one scan as independent.")
 
@@ -113,12 +125,12 @@ class Nodule3D(Family):
         level folds from the simulator or your nodules.csv). The main model keeps the dataset's split."""
         import numpy as np
 
-        if prepared.kind == "main" or "fold" not in index or (index.fold < 0).any():
-            return index
-        k = int(index.fold.max()) + 1
-        test = int(prepared.train_cfg.seed) % k
-        val = (test + 1) % k
-        return index.assign(split=np.where(index.fold == test, "test", np.where(index.fold == val, "val", "train")))
+        if prepared.kind != "main" and "fold" in index and not (index.fold < 0).any():
+            k = int(index.fold.max()) + 1
+            test = int(prepared.train_cfg.seed) % k
+            val = (test + 1) % k
+            index = index.assign(split=np.where(index.fold == test, "test", np.where(index.fold == val, "val", "train")))
+        return rating3_policy(index, prepared.model_cfg.rating3)
 
     def training_datasets(self, fcfg, pre, index):
         from medops.families.nodule3d.data import NoduleDataset
@@ -149,14 +161,15 @@ class Nodule3D(Family):
         from medops.families.nodule3d.data import NoduleDataset
         from medops.families.nodule3d.evaluation import evaluate_nodules
 
-        return evaluate_nodules(net, NoduleDataset(pre, index, "test"), out, history_csv=history_csv,
+        return evaluate_nodules(net, NoduleDataset(pre, rating3_policy(index, "exclude"), "test"), out,
+                                history_csv=history_csv,
                                 n_boot=fcfg.evaluate.bootstrap)
 
     def evaluate_cell(self, net, pre, index, out, *, fcfg, model_cfg):
         from medops.families.nodule3d.data import NoduleDataset
         from medops.families.nodule3d.evaluation import evaluate_nodules
 
-        m = evaluate_nodules(net, NoduleDataset(pre, index, "test"), out, n_boot=0)
+        m = evaluate_nodules(net, NoduleDataset(pre, rating3_policy(index, "exclude"), "test"), out, n_boot=0)
         return {"full": m["model"]}
 
     def format_table(self, metrics):
