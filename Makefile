@@ -4,9 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 PROFILE ?= quick
 PYTHON ?= python3
-# what `make run` reproduces: every family's main model, ablation, report and promotion, except nodule3d's
-# ablation (hours at the quick profile until its quick configuration is tuned: `make run RUN_TARGETS=n3d_promote`)
-RUN_TARGETS ?= evaluate promote transfer_cls_evaluate transfer_cls_promote nodule3d_evaluate
+# what `make run` reproduces: every family's data, main model, ablation, report and promotion
+# (params.yaml orchestration.run_targets); FAMILY=a,b runs only those families
+FAMILY ?=
 
 .PHONY: venv run repro test test-fast lock bench gpu-wheels clean system-deps services-start services-stop
 
@@ -18,10 +18,9 @@ $(BIN)/.installed: requirements.lock pyproject.toml
 
 venv: $(BIN)/.installed  ## create .venv from the pinned lock
 
-run: venv  ## generate -> validate -> preprocess -> train -> evaluate with `dvc repro` on PROFILE
+run: venv  ## every family (or FAMILY=a,b): data -> train -> evaluate -> ablation -> report -> promote, on PROFILE
 	$(BIN)/medops profile $(PROFILE)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro $(RUN_TARGETS)
-	$(BIN)/medops show fusion_seg
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/medops run $(if $(strip $(FAMILY)),--family "$(FAMILY)")
 
 system-deps:  ## Debian packages the tests use: headless Chromium (MLflow UI screenshot), PostgreSQL server
 	@command -v chromium >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \

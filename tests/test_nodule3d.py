@@ -393,3 +393,29 @@ def test_dvc_repro_whole_family_through_ablation_report_and_promotion(tmp_path):
                        cwd=dst, env=env, capture_output=True, text=True, shell=True)
     assert r.returncode != 0 and "centre_inside_volume" in r.stdout + r.stderr
     assert not (tmp_path / "pred2").exists() or not any((tmp_path / "pred2").iterdir())
+
+
+@pytest.mark.parametrize("profile", ["smoke", "quick", "paper"])
+def test_every_ablation_model_fits_the_profiles_cube(profile):
+    """Every model of the ablation builds from params and runs on the profile's cube (a MONAI DenseNet with a
+    block too many for a small cube pools below one voxel: caught here, not an hour into `make run`)."""
+    import dataclasses
+
+    import torch
+
+    from conftest import ROOT
+    from medops.config import load_config
+    from medops.families import get_family
+
+    cfg = load_config(ROOT / "params.yaml", profile=profile)
+    fam, fcfg = get_family("nodule3d", cfg), cfg.family("nodule3d")
+    cube = int(cfg.preprocess_nodule.cube)
+    assert max(fcfg.model.scales) == cube
+    for cell in fcfg.ablation.cells:
+        m = fcfg.ablation.cell_model(cell, fcfg.model)
+        if isinstance(m.branches, str):
+            m = dataclasses.replace(m, branches=tuple(m.branches.split("_")))
+        net = fam.build_model(fcfg, m, None, start_weights=False).eval()
+        with torch.no_grad():
+            out = net(torch.rand(2, 1, cube, cube, cube))
+        assert out.shape == (2, 2) and torch.isfinite(out).all(), cell

@@ -35,6 +35,14 @@ def _fail(exc: Exception, code: int = 2):
     raise typer.Exit(code)
 
 
+def _step(step: str, family: str | None = None, dataset: str | None = None) -> None:
+    """One line per DVC stage saying which family and step it is (``[fusion_seg] preprocess breast-trimodal``)."""
+    if family is None and dataset is not None:
+        by = (_cfg().raw.get("orchestration", {}) or {}).get("datasets", {}) or {}
+        family = next((f for f, ds in by.items() if dataset in (ds or [])), dataset)
+    typer.echo(f"[{family}] {step}" + (f" {dataset}" if dataset else ""), err=True)
+
+
 def _log_imports(path: str) -> None:
     """At exit, append this command and the medops modules it imported to ``path`` (one JSON line):
     what the DVC dependency check compares with each stage's ``deps``."""
@@ -67,6 +75,7 @@ def generate(dataset: str = typer.Argument(..., help="dataset to simulate (see `
     """Simulate a dataset: images, manifest.parquet (patient-level split), truth, contact sheet."""
     from medops.runs.generate import generate as run
 
+    _step("generate", dataset=dataset)
     try:
         man = run(_cfg(), dataset, out, force=force)
     except MedopsError as exc:
@@ -87,6 +96,7 @@ def validate(dataset: Optional[str] = typer.Option(None, help="dataset name (dat
 
     if dataset is None and data is None:
         _fail(MedopsError("--dataset", "no dataset named", "pass --dataset <name> or --data <folder>"), 1)
+    _step("validate", dataset=dataset or data.name)
     try:
         s = run(_cfg(), dataset or data.name, data, report)
     except ValidationFailed as exc:
@@ -105,6 +115,7 @@ def preprocess(dataset: str = typer.Option(..., help="dataset name (data/raw/<da
     """The paper preprocessing of the dataset's family into content-addressed shards (validated data only)."""
     from medops.runs.preprocess import preprocess as run
 
+    _step("preprocess", dataset=dataset)
     try:
         _, msg = run(_cfg(), dataset)
     except MedopsError as exc:
@@ -167,6 +178,7 @@ def evaluate(family: str = typer.Argument(..., help="model family (see `medops f
     from medops.runs.evaluate import evaluate as run
     from medops.tracking import ui_command
 
+    _step("evaluate the main model on the test split", family)
     try:
         m = run(_cfg(), family)
     except MedopsError as exc:
@@ -183,6 +195,7 @@ def report(family: str = typer.Argument(..., help="model family (see `medops fam
     from medops import layout
     from medops.runs.report import report as run
 
+    _step("ablation report", family)
     try:
         s = run(_cfg(), family)
     except MedopsError as exc:
@@ -199,6 +212,7 @@ def promote(family: str = typer.Argument(..., help="model family (see `medops fa
     """Register the best cell as `challenger`; move `champion` only when every gate passes."""
     from medops.runs import promote as run
 
+    _step("rollback" if rollback else "promote", family)
     try:
         d = run.rollback(_cfg(), family) if rollback else run.promote(_cfg(), family)
     except MedopsError as exc:
@@ -248,33 +262,44 @@ def predict(model: Optional[str] = typer.Option(None, help="MLflow model URI, e.
 
 @app.command()
 def show(family: str = typer.Argument(..., help="model family (see `medops families`)")):
-    """Print the last evaluation's test table and the command that opens its MLflow run."""
-    from medops import layout
-    from medops.families import get_family
-    from medops.tracking import ui_command
+    """Print the last evaluation's test table, the ablation tables and claims, the registry decision and the
+    command that opens its MLflow run."""
+    from medops.runs.summary import show_text
 
     try:
-        format_table = get_family(family, _cfg()).format_table
+        typer.echo(show_text(_cfg(), family))
     except MedopsError as exc:
         _fail(exc)
-    mpath = layout.report_dir(family) / "metrics.json"
-    if not mpath.exists():
-        _fail(MedopsError(str(mpath), "evaluated: no metrics yet", f"run `dvc repro` or `medops evaluate {family}`"))
-    m = json.loads(mpath.read_text())
-    run = json.loads((layout.model_dir(family) / "run.json").read_text())
-    typer.echo(f"test set ({m['n_test_cases']} cases, profile {_cfg().profile}):")
-    typer.echo(format_table(m))
-    rep = layout.ablation_report_dir(family) / "report.md"
-    if rep.exists():
-        text = rep.read_text()
-        typer.echo("\n" + text.split("\n## Loss curve")[0].strip())
-        typer.echo(f"(full ablation report: {rep})")
-    dec = layout.promotion_file(family)
-    if dec.exists():
-        d = json.loads(dec.read_text())
-        typer.echo(f"\nregistry: {family} champion = v{d.get('champion')}  (last decision: {d['action']} "
-                   f"version {d.get('version', d.get('from'))}; {'; '.join(d.get('reasons', []))})")
-    typer.echo(f"MLflow UI: {ui_command('.', run)}")
+
+
+@app.command("run")
+def run_(family: Optional[str] = typer.Option(None, "--family", help="one or several families, comma-separated "
+                                               "(default: every family in orchestration.families)")):
+    """Reproduce each family's stages (`dvc repro`), then show every family's results, the time of each, and
+    write the summary page reports/index.html (what `make run` calls)."""
+    from medops.runs.pipeline import resolve_families, run_families
+
+    try:
+        fams = resolve_families(_cfg(), family)
+        res = run_families(_cfg(), fams)
+    except MedopsError as exc:
+        _fail(exc)
+    failed = [f for f, r in res["families"].items() if r["status"] != "ok"]
+    if failed:
+        typer.echo(f"failed: {', '.join(failed)}", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def summary(out: Path = typer.Option(Path("reports/index.html"), help="the page to write")):
+    """Write the summary page of every family (static HTML, relative links: open it from the file system)."""
+    from medops.runs.summary import write_summary
+
+    try:
+        page = write_summary(_cfg(), out)
+    except MedopsError as exc:
+        _fail(exc)
+    typer.echo(f"summary page: {page}")
 
 
 @app.command()

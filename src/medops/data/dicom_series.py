@@ -30,6 +30,16 @@ class Volume:
         x, y, z = (float(v) - float(o) for v, o in zip(xyz_mm, self.origin))
         return np.array([z / self.spacing[0], y / self.spacing[1], x / self.spacing[2]])
 
+    def contains(self, xyz_mm) -> bool:
+        """Whether a point in patient coordinates (mm) lies inside the scanned volume (half a voxel margin)."""
+        v = self.voxel_of(xyz_mm)
+        return bool(np.all(v >= -0.5) and np.all(v <= np.array(self.hu.shape) - 0.5))
+
+    def extent_mm(self) -> list[tuple[float, float]]:
+        """(first, last) voxel centre per axis x, y, z in patient coordinates (mm), for error messages."""
+        return [(round(o, 1), round(o + (n - 1) * s, 1)) for o, n, s in
+                zip(self.origin, self.hu.shape[::-1], self.spacing[::-1])]
+
 
 def read_series(folder: str | Path, *, headers_only: bool = False) -> Volume:
     """The CT series in ``folder`` (``*.dcm`` or extension-less files; hidden files ignored)."""

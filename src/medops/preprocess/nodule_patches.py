@@ -100,13 +100,9 @@ def read_nodules(root: Path) -> pd.DataFrame:
 
 def assign_folds(nod: pd.DataFrame, k: int, seed: int) -> pd.Series:
     """Patient-level folds, stratified by whether the patient has a malignant nodule (nodules.csv without folds)."""
-    pat = nod.groupby("patient_id").label.apply(lambda s: int((s == "malignant").any()))
-    rng = np.random.default_rng([seed, 5])
-    fold = {}
-    for _, g in pat.groupby(pat, sort=True):
-        for j, p in enumerate(rng.permutation(sorted(g.index))):
-            fold[p] = j % k
-    return nod.patient_id.map(fold)
+    from medops.data.splits import patient_folds
+
+    return nod.patient_id.map(patient_folds(nod.patient_id, nod.label == "malignant", k, seed))
 
 
 def preprocess_nodules(root: str | Path, out: str | Path, cfg, *, manifest: pd.DataFrame | None = None,

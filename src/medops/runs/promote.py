@@ -43,6 +43,19 @@ def _model_card(fam, version: str, cand, tags: dict, gates, cell_table_row: dict
     return "\n".join(lines) + "\n"
 
 
+def _write_local_card(family: str, cand, card: str) -> None:
+    """The card beside the decision (``reports/promotion/<family>_model_card.md``, for the summary page),
+    its figures linked where they lie in the project instead of in the MLflow run."""
+    import os
+
+    path = layout.promotion_file(family).with_name(f"{family}_model_card.md")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cell_figs = layout.cell_dir(family, cand.cell, int(cand.seed)) / "figures"
+    for f in sorted((layout.ablation_report_dir(family) / "figures").glob("*.png")) + sorted(cell_figs.glob("*.png")):
+        card = card.replace(f"](model_card_figures/{f.name})", f"]({os.path.relpath(f, path.parent)})")
+    path.write_text(card)
+
+
 def _candidate(cfg, fam):
     """The best finished cell on the family's own dataset (by the validation selection score)."""
     from medops.experiments.ablation import collect
@@ -111,6 +124,7 @@ def _publish_card(fam, version: str, cand, tags: dict, gates) -> None:
 
     card = _model_card(fam, version, cand, tags, gates, _table_row(fam.name, cand.cell))
     registry.log_text(cand.run_id, card, f"model_card_v{version}.md")
+    _write_local_card(fam.name, cand, card)
     for figs in (layout.ablation_report_dir(fam.name) / "figures",
                  layout.cell_dir(fam.name, cand.cell, int(cand.seed)) / "figures"):  # e.g. Grad-CAM panels
         if figs.exists():

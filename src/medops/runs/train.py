@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -132,6 +134,36 @@ def _fail_cell(p, run_id: str, exc: Exception, fingerprint: str) -> dict:
     return {"run_id": run_id, "status": "failed", "reason": str(exc)}
 
 
+def _process_wall_s() -> float:
+    """Seconds since this process started (imports included: a large share of a short cell's time)."""
+    import psutil
+
+    return round(time.time() - psutil.Process().create_time(), 1)
+
+
+def _position(family: str, fcfg, p, cell: str | None, seed: int | None) -> str:
+    """The stage's line for a person following the run: which family and step, and for an ablation cell its
+    place among the ablation's runs with the time left estimated from the runs finished so far."""
+    if p.kind == "main":
+        return f"[{family}] train the main model on {p.dataset}"
+    if cell is None:
+        return f"[{family}] {p.kind.replace(':', ' ')}"
+    abl = fcfg.ablation
+    runs = [(c, int(s)) for c in abl.cells for s in abl.seeds]
+    done, walls = 0, []
+    for c, s in runs:
+        st = layout.cell_dir(family, c, s) / "status.json"
+        if st.exists() and (c, s) != (cell, seed):
+            done += 1
+            w = json.loads(st.read_text()).get("wall_s")
+            if w:
+                walls.append(float(w))
+    left = len(runs) - done
+    eta = (f"; about {left * sum(walls) / len(walls) / 60:.0f} min left ({sum(walls) / len(walls):.0f} s per run "
+           f"so far)") if walls else ""
+    return f"[{family}] ablation {done + 1}/{len(runs)}: {cell}, seed {seed}{eta}"
+
+
 def train(cfg, family: str, *, resume: bool = False, progress: bool = True, cell: str | None = None,
           seed: int | None = None, force: bool = False, pretrain: str | None = None) -> dict:
     """Train ``family``'s main model, ablation ``cell`` with ``seed``, or pretraining ``pretrain``."""
@@ -152,6 +184,8 @@ def train(cfg, family: str, *, resume: bool = False, progress: bool = True, cell
     require_current(pre, validation)
     index = fam.run_index(load_index(pre), p)
     fingerprint = _fingerprint(p, index)
+    if dinfo.main:
+        print(_position(fam.name, fcfg, p, cell, seed), file=sys.stderr, flush=True)
     if not dinfo.main:
         return _train_rank(fam, fcfg, p, pre, index, resume)
     with exclusive(p.out, f"the training folder of {family} ({p.kind})"):
@@ -224,6 +258,7 @@ def _tracked_fit(cfg, fam, p, w: dict, tags: dict, fingerprint: str, resume: boo
         best = load_checkpoint(out / "best.pt")
         w["net"].load_state_dict(best["model"])
         summary = _summarise(w["task"], fam, history, best, p.train_cfg, fingerprint, run.info.run_id)
+        summary["wall_s"] = _process_wall_s()   # the whole stage so far, start-up included (the ablation's ETA)
         _finish(cfg, fam, p, w["net"], w["val_ds"], w["pre"], w["index"], info, summary)
         run_file.write_text(json.dumps(info, indent=2))
         tracking.end_run()

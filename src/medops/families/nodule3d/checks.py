@@ -102,12 +102,9 @@ def check_series_and_nodules(root: Path, manifest: pd.DataFrame) -> list[str]:
         v = vols.get(r.case_id)
         if v is None:
             continue
-        vox = v.voxel_of(xyz)
-        if np.any(vox < -0.5) or np.any(vox > np.array(v.hu.shape) - 0.5):
-            ext = [(round(o, 1), round(o + (n - 1) * s, 1)) for o, n, s in
-                   zip(v.origin, v.hu.shape[::-1], v.spacing[::-1])]
+        if not v.contains(xyz):
             out.append(_line(where, "centre_inside_volume", f"centre {xyz.tolist()} mm is outside the scan "
-                             f"(x, y, z extent {ext} mm)", "give the centre in patient coordinates (mm) of this series"))
+                             f"(x, y, z extent {v.extent_mm()} mm)", "give the centre in patient coordinates (mm) of this series"))
     if "split" in nod.columns or set(manifest.columns) >= {"case_id", "split"}:
         split_of = dict(zip(manifest.case_id, manifest.split))
         sp = nod.case_id.map(split_of)

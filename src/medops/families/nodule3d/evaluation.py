@@ -107,13 +107,12 @@ def evaluate_nodules(net, ds, out: Path, *, history_csv: Path | None = None, n_b
     sub.to_csv(out / "subgroups.csv", index=False)
     subs = {c.rsplit("_", 1)[1]: metrics_of(df.assign(prob_malignant=df[c], prob_benign=1 - df[c]))["auc"]
             for c in df.columns if c.startswith("prob_malignant_")}
+    weights = dict(zip(map(str, net.scales), map(float, net.weights))) if hasattr(net, "weights") else None
     metrics = {"n_test_cases": int(len(df)), "classes": CLASSES, "class_counts": df.label.value_counts().to_dict(),
-               "model": m, "ci95": ci, "submodel_auc": subs, "ensemble_weights": getattr(net, "weights", None),
+               "model": m, "ci95": ci, "submodel_auc": subs, "ensemble_weights": weights,
                "subgroups": sub.to_dict("records"),
                "baseline": {"name": "majority class", "accuracy": float(df.label_idx.value_counts(normalize=True).max()),
                             "auc": 0.5, "recall": 0.0}}
-    if metrics["ensemble_weights"] is not None:
-        metrics["ensemble_weights"] = dict(zip(map(str, net.scales), map(float, net.weights)))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
     confusion_figure(df, CLASSES, out / "figures" / "confusion.png")
     if df.label_idx.nunique() == 2:

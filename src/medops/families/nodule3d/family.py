@@ -36,6 +36,20 @@ def rating3_policy(index, policy: str):
     return index[~drop].reset_index(drop=True)
 
 
+_SCALE = {"small": 0, "medium": 1, "large": -1}
+_MODEL_KWARGS = {   # registered model -> its keyword arguments from the model config
+    "nodule3d_ensemble": lambda m: {"scales": list(m.scales), "channels": list(m.channels), "hidden": m.hidden,
+                                    "dropout": m.dropout},
+    "nodule3d_subnet": lambda m: {"scale": int(m.scales[_SCALE[m.scale]]), "channels": list(m.channels),
+                                  "hidden": m.hidden, "dropout": m.dropout},
+    "nodule3d_ifm": lambda m: {"cube": int(max(m.scales)), "branches": list(m.branches), "channels": list(m.channels),
+                               "hidden": m.hidden, "dropout": m.dropout},
+    "monai_resnet3d": lambda m: {"scale": int(max(m.scales)), "layers": list(m.resnet_layers),
+                                 "widths": list(m.resnet_widths)},
+    "monai_densenet3d": lambda m: {"scale": int(max(m.scales)), "block_config": list(m.densenet_block_config)},
+}
+
+
 @register_family
 class Nodule3D(Family):
     """Multi-scale 3-D CNN ensemble (32/48/64-voxel crops, Eq. 4), CE + power AUC loss (Eq. 12-13), the
@@ -99,19 +113,7 @@ class Nodule3D(Family):
         from medops.models import get_model
 
         m = model_cfg
-        common = {"num_classes": 2}
-        if m.arch == "nodule3d_ensemble":
-            kw = {"scales": list(m.scales), "channels": list(m.channels), "hidden": m.hidden, "dropout": m.dropout}
-        elif m.arch == "nodule3d_subnet":
-            kw = {"scale": int(m.scales[{"small": 0, "medium": 1, "large": -1}[m.scale]]), "channels": list(m.channels), "hidden": m.hidden, "dropout": m.dropout}
-        elif m.arch == "nodule3d_ifm":
-            kw = {"cube": int(max(m.scales)), "branches": list(m.branches), "channels": list(m.channels),
-                  "hidden": m.hidden, "dropout": m.dropout}
-        elif m.arch == "monai_resnet3d":
-            kw = {"scale": int(max(m.scales)), "layers": list(m.resnet_layers), "widths": list(m.resnet_widths)}
-        else:
-            kw = {"scale": int(max(m.scales)), "block_config": list(m.densenet_block_config)}
-        return get_model(m.arch, **kw, **common)
+        return get_model(m.arch, **_MODEL_KWARGS[m.arch](m), num_classes=2)
 
     def prepare(self, fcfg, *, cell, seed, pretrain, layout):
         p = super().prepare(fcfg, cell=cell, seed=seed, pretrain=pretrain, layout=layout)

@@ -78,10 +78,9 @@ def predict_nodules(ref, inp: Path, out: Path, default_pre) -> list[dict]:
     centres = _centres(inp)
     vol = read_series(series)                                   # every series rule, before anything is written
     for r in centres.itertuples():
-        v = vol.voxel_of((r.x_mm, r.y_mm, r.z_mm))
-        if np.any(v < -0.5) or np.any(v > np.array(vol.hu.shape) - 0.5):
+        if not vol.contains((r.x_mm, r.y_mm, r.z_mm)):
             raise DataError(f"{inp} nodule {r.nodule_id}", f"centre_inside_volume: ({r.x_mm}, {r.y_mm}, {r.z_mm}) mm "
-                            "is outside the series", "give the centre in this series' patient coordinates (mm)")
+                            f"is outside the series (x, y, z extent {vol.extent_mm()} mm)", "give the centre in this series' patient coordinates (mm)")
     pcfg = from_logged_params(ref.params, default_pre, "preprocess_nodule")
     model = ref.load()
     net = model[0]

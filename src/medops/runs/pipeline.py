@@ -1,0 +1,95 @@
+"""`medops run` (what `make run` calls): each family's DVC stages with `dvc repro`, one family after the
+other, its output streamed and kept in ``reports/run/<family>.log``; then every family's results on the
+terminal in the order they ran, the time of each and in all, and the summary page ``reports/index.html``.
+A family whose stages fail is reported with its reason and the others still run; the exit status says
+whether all of them succeeded. Which stages make up a family's run is data: ``orchestration.run_targets``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from medops.errors import ConfigError, MedopsError
+from medops.runs.summary import REPORTS, RUN_FILE, show_text, write_summary
+
+
+def known_families(cfg) -> list[str]:
+    return list((cfg.raw.get("orchestration", {}) or {}).get("families", []))
+
+
+def resolve_families(cfg, spec: str | None) -> list[str]:
+    """``FAMILY=a,b`` -> ``[a, b]`` (every family when empty); an unknown name fails before anything runs."""
+    known = known_families(cfg)
+    if not spec or not spec.strip():
+        return known
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise MedopsError(f"FAMILY={spec}", f"unknown model family {unknown}; nothing was run",
+                          f"use one or several of {known}, comma-separated (e.g. make run FAMILY={known[0]})")
+    return list(dict.fromkeys(names))
+
+
+def targets_of(cfg, families: list[str]) -> dict[str, list[str]]:
+    table = (cfg.raw.get("orchestration", {}) or {}).get("run_targets", {}) or {}
+    missing = [f for f in families if not table.get(f)]
+    if missing:
+        raise ConfigError(f"params.yaml:orchestration.run_targets.{missing[0]}", "no DVC stages listed for this family",
+                          "list the stages `make run` reproduces for it, e.g. [<family>_evaluate, <family>_promote]")
+    return {f: [str(t) for t in table[f]] for f in families}
+
+
+def _reason(lines: list[str], rc: int) -> str:
+    for line in reversed(lines):
+        s = line.strip()
+        if s.startswith(("error:", "ERROR:", "ERROR ")) or "Error:" in s:
+            return s[:500]
+    return f"dvc repro exited with status {rc}"
+
+
+def run_families(cfg, families: list[str], *, echo=print, dvc: str = "dvc") -> dict:
+    """Reproduce each family's stages; returns (and writes to ``reports/run.json``) status and time per family."""
+    targets = targets_of(cfg, families)
+    logs = REPORTS / "run"
+    logs.mkdir(parents=True, exist_ok=True)
+    run = {"profile": cfg.profile, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "families": {}}
+    t_all = time.perf_counter()
+    for i, fam in enumerate(families, 1):
+        echo(f"\n===== [{fam}] {i}/{len(families)}: dvc repro {' '.join(targets[fam])}", flush=True)
+        log_file = logs / f"{fam}.log"
+        t0 = time.perf_counter()
+        lines: list[str] = []
+        with open(log_file, "w") as log, subprocess.Popen([dvc, "repro", *targets[fam]], stdout=subprocess.PIPE,
+                                                          stderr=subprocess.STDOUT, text=True, bufsize=1) as p:
+            for line in p.stdout:
+                echo(line, end="", flush=True)
+                log.write(line)
+                lines.append(line)
+                del lines[:-200]
+        rec = {"status": "ok" if p.returncode == 0 else "failed", "wall_s": round(time.perf_counter() - t0, 1),
+               "targets": targets[fam], "log_file": str(log_file)}
+        if p.returncode:
+            rec.update(reason=_reason(lines, p.returncode), log="".join(lines[-40:]))
+        run["families"][fam] = rec
+        run["total_s"] = round(time.perf_counter() - t_all, 1)
+        RUN_FILE.write_text(json.dumps(run, indent=2))       # the page reflects a run still going
+    for fam, rec in run["families"].items():
+        echo(f"\n===== {fam}: {rec['status']} in {rec['wall_s'] / 60:.1f} min", flush=True)
+        if rec["status"] != "ok":
+            echo(f"FAILED: {rec['reason']} (log: {rec['log_file']})")
+            continue
+        try:
+            echo(show_text(cfg, fam))
+        except MedopsError as exc:
+            echo(f"no results to show: {exc}")
+    page = write_summary(cfg)
+    echo("\n===== wall time (profile " + cfg.profile + ")")
+    for fam, rec in run["families"].items():
+        echo(f"  {fam:<14} {rec['wall_s'] / 60:6.1f} min  {rec['status']}")
+    echo(f"  {'total':<14} {run['total_s'] / 60:6.1f} min")
+    echo(f"summary page: {Path(page).resolve()}  (open it in a browser)")
+    return run

@@ -1,0 +1,108 @@
+"""`make run` / `medops run` and the summary page, without training: the family choice, a failed family,
+missing figures (the whole page over a real run is checked in a browser in test_pipeline_dvc.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+
+def test_an_unknown_family_is_refused_listing_the_families_and_nothing_runs(tmp_path, smoke_cfg, monkeypatch):
+    from medops.errors import MedopsError
+    from medops.runs.pipeline import resolve_families
+
+    assert resolve_families(smoke_cfg, "") == smoke_cfg.raw["orchestration"]["families"]
+    assert resolve_families(smoke_cfg, "transfer_cls, fusion_seg") == ["transfer_cls", "fusion_seg"]
+    with pytest.raises(MedopsError, match=r"no_such_family.*nothing was run.*fusion_seg.*transfer_cls.*nodule3d"):
+        resolve_families(smoke_cfg, "fusion_seg,no_such_family")
+    # through the CLI, from a folder with the project's params: exit 2, nothing written
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    r = subprocess.run([str(Path(sys.executable).parent / "medops"), "run", "--family", "no_such_family"], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown model family" in r.stderr and "fusion_seg" in r.stderr
+    assert not (tmp_path / "reports").exists()
+    # make passes FAMILY through to the same verb
+    dry = subprocess.run(["make", "-n", "run", "FAMILY=no_such_family"], cwd=ROOT, capture_output=True, text=True)
+    assert '--family "no_such_family"' in dry.stdout
+
+
+def test_every_family_has_run_targets_that_are_dvc_stages(smoke_cfg):
+    import yaml
+
+    from medops.runs.pipeline import targets_of
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for fam, targets in targets_of(smoke_cfg, smoke_cfg.raw["orchestration"]["families"]).items():
+        assert targets and all(t in stages for t in targets), (fam, targets)
+
+
+def test_a_failed_family_is_reported_with_its_reason_and_the_others_still_run(tmp_path, smoke_cfg, monkeypatch):
+    """`dvc` stand-in: one family's stages fail, the other's succeed; both are reported, the page says why."""
+    import dataclasses
+
+    from medops.runs.pipeline import run_families
+
+    fake = tmp_path / "dvc"
+    fake.write_text("#!/bin/sh\nif [ \"$2\" = broken_stage ]; then echo 'ERROR: failed to reproduce broken_stage: "
+                    "disk full'; exit 255; fi\necho ok\n")
+    fake.chmod(0o755)
+    raw = json.loads(json.dumps(smoke_cfg.raw))
+    raw["orchestration"]["run_targets"] = {"fusion_seg": ["evaluate"], "transfer_cls": ["broken_stage"]}
+    cfg = dataclasses.replace(smoke_cfg, raw=raw)
+    monkeypatch.chdir(tmp_path)
+    out = []
+    res = run_families(cfg, ["transfer_cls", "fusion_seg"], echo=lambda *a, **k: out.append(" ".join(map(str, a))),
+                       dvc=str(fake))
+    assert res["families"]["transfer_cls"]["status"] == "failed"
+    assert "disk full" in res["families"]["transfer_cls"]["reason"]
+    assert res["families"]["fusion_seg"]["status"] == "ok"
+    text = "\n".join(out)
+    assert "FAILED: ERROR: failed to reproduce broken_stage" in text and "total" in text
+    assert json.loads((tmp_path / "reports/run.json").read_text())["families"].keys() == {"transfer_cls", "fusion_seg"}
+    page = (tmp_path / "reports/index.html").read_text()
+    assert "FAILED after" in page and "disk full" in page and 'id="fusion_seg"' in page and 'id="nodule3d"' in page
+
+
+def test_a_missing_figure_is_named_on_the_page_not_shown_broken(tmp_path):
+    from medops.runs.summary import render_markdown
+
+    rep = tmp_path / "reports/ablation/fam"
+    (rep / "figures").mkdir(parents=True)
+    (rep / "figures/bars.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (rep / "report.md").write_text("# Report\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n![bars](figures/bars.png)\n\n"
+                                   "![curves](figures/curves.png)\n")
+    html, missing = render_markdown(rep / "report.md", tmp_path / "reports", "`medops report fam` draws it")
+    assert "<table>" in html and 'src="ablation/fam/figures/bars.png"' in html
+    assert missing == [str(rep / "figures/curves.png")]
+    assert "missing: " in html and "curves.png" in html and "<img src=\"ablation/fam/figures/curves.png\"" not in html
+
+
+def test_an_ablation_stage_says_its_place_and_the_time_left(tmp_path, smoke_cfg, monkeypatch):
+    """Each cell's stage prints `[family] ablation i/N: cell, seed s` and, once runs have finished, the time
+    left estimated from their mean wall time."""
+    from types import SimpleNamespace
+
+    from medops import layout
+    from medops.runs.train import _position
+
+    monkeypatch.chdir(tmp_path)
+    fcfg = smoke_cfg.family("fusion_seg")
+    abl = fcfg.ablation
+    cells, seeds = list(abl.cells), list(abl.seeds)
+    n = len(cells) * len(seeds)
+    p = SimpleNamespace(kind=cells[1], dataset="breast-trimodal")
+    assert _position("fusion_seg", fcfg, p, cells[1], seeds[0]) == f"[fusion_seg] ablation 1/{n}: {cells[1]}, seed {seeds[0]}"
+    for s, w in zip(seeds[:2], (30.0, 90.0)):
+        d = layout.cell_dir("fusion_seg", cells[0], s)
+        d.mkdir(parents=True)
+        (d / "status.json").write_text(json.dumps({"status": "finished", "wall_s": w}))
+    line = _position("fusion_seg", fcfg, p, cells[1], seeds[0])
+    left = (n - 2) * 60 / 60
+    assert line == f"[fusion_seg] ablation 3/{n}: {cells[1]}, seed {seeds[0]}; about {left:.0f} min left (60 s per run so far)"
+    assert _position("fusion_seg", fcfg, SimpleNamespace(kind="main", dataset="breast-trimodal"), None, None) == \
+        "[fusion_seg] train the main model on breast-trimodal"
