@@ -40,3 +40,50 @@ def save(name: str, result: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
+
+
+def step_rates(net, x, y, loss_fn, params, device, steps: int = 3) -> tuple[float, float]:
+    """Samples/s of one optimiser step (Adam over ``params``) and of a forward pass, for a batch ``x``, ``y``
+    already on ``device``: one warm-up, then ``steps`` timed (fp16 autocast on CUDA)."""
+    import time
+
+    import torch
+
+    opt = torch.optim.Adam(params, 1e-4)
+    amp = device.type == "cuda"
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            loss = loss_fn(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    net.train()
+    step()
+    sync()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    train = steps * len(x) / (time.perf_counter() - t)
+    net.eval()
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+        net(x)
+        sync()
+        t = time.perf_counter()
+        for _ in range(steps):
+            net(x)
+        sync()
+    return train, steps * len(x) / (time.perf_counter() - t)
+
+
+def add_ratios(rows: dict, key: str, ref: str, name: str) -> dict:
+    """``rows[*][name] = rows[*][key] / rows[ref][key]``: the comparable number of a one-run benchmark."""
+    for r in rows.values():
+        r[name] = round(r[key] / rows[ref][key], 2)
+    return rows

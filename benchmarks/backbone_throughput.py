@@ -5,11 +5,10 @@ a GPU is present). Ratios between backbones are the comparable numbers."""
 from __future__ import annotations
 
 import sys
-import time
 
 import torch
 
-from _common import ROOT, save
+from _common import ROOT, add_ratios, save, step_rates
 from medops.config import load_config
 from medops.models import get_model
 
@@ -19,37 +18,8 @@ def bench(backbone: str, size: int, batch: int, strategy: str, device: torch.dev
     net = get_model("transfer_cls", backbone=backbone, num_classes=2, strategy=strategy).to(device)
     x = torch.rand(batch, 3, size, size, device=device)
     y = torch.randint(0, 2, (batch,), device=device)
-    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], 1e-4)
-    amp = device.type == "cuda"
-
-    def step():
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            loss = torch.nn.functional.cross_entropy(net(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    net.train()
-    step()  # warm-up
-    sync()
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    train = steps * batch / (time.perf_counter() - t)
-    net.eval()
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-        net(x)
-        sync()
-        t = time.perf_counter()
-        for _ in range(steps):
-            net(x)
-        sync()
-    return train, steps * batch / (time.perf_counter() - t)
+    return step_rates(net, x, y, torch.nn.functional.cross_entropy,
+                      [p for p in net.parameters() if p.requires_grad], device, steps)
 
 
 def main(profile: str = "quick") -> dict:
@@ -63,9 +33,7 @@ def main(profile: str = "quick") -> dict:
         rows[b] = {"train_fine_tune_img_s": round(ft_train, 1), "train_feature_extraction_img_s": round(fe_train, 1),
                    "predict_img_s": round(pred, 1)}
         print(b, rows[b], flush=True)
-    ref = rows["densenet201"]["train_fine_tune_img_s"]
-    for r in rows.values():
-        r["train_speed_vs_densenet201"] = round(r["train_fine_tune_img_s"] / ref, 2)
+    add_ratios(rows, "train_fine_tune_img_s", "densenet201", "train_speed_vs_densenet201")
     res = {"profile": profile, "image_size": size, "batch_size": batch, "device": str(device),
            "threads": torch.get_num_threads(), "backbones": rows}
     save(f"backbone_throughput_{profile}_{device.type}", res)

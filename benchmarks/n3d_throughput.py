@@ -10,54 +10,26 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import time
 
 import torch
 
-from _common import ROOT, save
+from _common import ROOT, add_ratios, save, step_rates
 from medops.config import load_config
 from medops.families import get_family
 from medops.losses.auc import power_auc_loss
 
 
 def bench(net, cube: int, batch: int, device: torch.device, steps: int) -> tuple[float, float]:
+    """One optimiser step of CE + the Eq. 12 AUC term (what `ce_auc` trains), and prediction."""
     torch.manual_seed(0)
     net = net.to(device)
     x = torch.rand(batch, 1, cube, cube, cube, device=device)
-    y = (torch.arange(batch, device=device) % 2)
-    opt = torch.optim.Adam(net.parameters(), 1e-3)
-    amp = device.type == "cuda"
+    y = torch.arange(batch, device=device) % 2
 
-    def step():
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            out = net(x)
-            p = torch.softmax(out.float(), 1)[:, 1]
-            loss = torch.nn.functional.cross_entropy(out.float(), y) + power_auc_loss(p, y, 2.0)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    def loss(out, y):
+        return torch.nn.functional.cross_entropy(out.float(), y) + power_auc_loss(torch.softmax(out.float(), 1)[:, 1], y, 2.0)
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    net.train()
-    step()                                      # warm-up (allocations, cuDNN plans)
-    sync()
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    train = steps * batch / (time.perf_counter() - t)
-    net.eval()
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-        net(x)
-        sync()
-        t = time.perf_counter()
-        for _ in range(steps):
-            net(x)
-        sync()
-    return train, steps * batch / (time.perf_counter() - t)
+    return step_rates(net, x, y, loss, list(net.parameters()), device, steps)
 
 
 def main(profile: str = "quick") -> dict:
@@ -83,9 +55,7 @@ def main(profile: str = "quick") -> dict:
         rows[name] = {"crop": int(crop), "params": n_params, "train_patches_s": round(train, 1),
                       "predict_patches_s": round(pred, 1)}
         print(name, rows[name], flush=True)
-    ref = rows["ensemble"]["train_patches_s"]
-    for r in rows.values():
-        r["train_speed_vs_ensemble"] = round(r["train_patches_s"] / ref, 2)
+    add_ratios(rows, "train_patches_s", "ensemble", "train_speed_vs_ensemble")
     res = {"profile": profile, "cube": cube, "batch_size": batch, "device": str(device),
            "threads": torch.get_num_threads(), "models": rows}
     save(f"n3d_throughput_{profile}_{device.type}", res)
