@@ -106,3 +106,13 @@ def test_an_ablation_stage_says_its_place_and_the_time_left(tmp_path, smoke_cfg,
     assert line == f"[fusion_seg] ablation 3/{n}: {cells[1]}, seed {seeds[0]}; about {left:.0f} min left (60 s per run so far)"
     assert _position("fusion_seg", fcfg, SimpleNamespace(kind="main", dataset="breast-trimodal"), None, None) == \
         "[fusion_seg] train the main model on breast-trimodal"
+
+
+def test_each_stage_says_which_family_and_step_it_is(tmp_path):
+    """A DVC stage's first line names the family (found from the dataset for data stages) and the step."""
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    medops = str(Path(sys.executable).parent / "medops")
+    r = subprocess.run([medops, "preprocess", "--dataset", "lidc-sim"], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode != 0 and r.stderr.splitlines()[0] == "[nodule3d] preprocess lidc-sim"
+    r = subprocess.run([medops, "evaluate", "fusion_seg"], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode != 0 and r.stderr.splitlines()[0] == "[fusion_seg] evaluate the main model on the test split"
