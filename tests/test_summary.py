@@ -116,3 +116,23 @@ def test_each_stage_says_which_family_and_step_it_is(tmp_path):
     assert r.returncode != 0 and r.stderr.splitlines()[0] == "[nodule3d] preprocess lidc-sim"
     r = subprocess.run([medops, "evaluate", "fusion_seg"], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode != 0 and r.stderr.splitlines()[0] == "[fusion_seg] evaluate the main model on the test split"
+
+
+def test_the_page_shows_the_champion_card_without_repeating_the_ablation(tmp_path, smoke_cfg, monkeypatch):
+    from medops.runs.summary import write_summary
+
+    monkeypatch.chdir(tmp_path)
+    promo = tmp_path / "reports/promotion"
+    promo.mkdir(parents=True)
+    (promo / "fusion_seg.json").write_text(json.dumps({"family": "fusion_seg", "action": "promoted", "version": "2",
+                                                       "champion": "2", "candidate_cell": "tri_attention",
+                                                       "candidate_seed": 1, "reasons": ["all gates passed"]}))
+    (promo / "fusion_seg_model_card.md").write_text(
+        "# Model card — fusion_seg version 2\n\n## Promotion gates\n\n- PASS `floor`: 0.9 >= 0.6\n\n"
+        "## Ablation (from `medops report`)\n\n## Uni- vs bi- vs tri-modal\n\n| a |\n|---|\n| 1 |\n\n"
+        "## Known limitations\n\n- simulated data\n\n## Figures\n\n![bars](../ablation/fusion_seg/figures/bars.png)\n")
+    page = write_summary(smoke_cfg).read_text()
+    card = page[page.index("<summary>model card</summary>"):]
+    assert "Promotion gates" in card and "simulated data" in card and "Uni- vs bi- vs tri-modal" not in card
+    assert "missing: reports/ablation/fusion_seg/figures/bars.png" in card
+    assert "Champion: <b>v2</b>" in page and "not run yet" in page        # the other families: nothing yet

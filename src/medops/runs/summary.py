@@ -56,22 +56,22 @@ def _missing(what: str, hint: str) -> str:
     return f'<span class="missing">missing: {html.escape(what)} — {html.escape(hint)}</span>'
 
 
-def render_markdown(path: Path, page_dir: Path, hint: str) -> tuple[str, list[str]]:
-    """``path`` (a report's markdown) as HTML for a page in ``page_dir``: tables rendered, image links
-    re-pointed relative to the page, and an image whose file is missing replaced by a notice naming it.
-    Returns ``(html, missing files)``."""
+def render_markdown(path: Path, page_dir: Path, hint: str, text: str | None = None) -> tuple[str, list[str]]:
+    """``path`` (a report's markdown; ``text`` instead of its content if given) as HTML for a page in
+    ``page_dir``: tables rendered, image links re-pointed relative to the page, and an image whose file is
+    missing replaced by a notice naming it. Returns ``(html, missing files)``."""
     from markdown_it import MarkdownIt
     from markdown_it.token import Token
 
     md = MarkdownIt("commonmark", {"html": False}).enable("table")
-    tokens = md.parse(Path(path).read_text())
+    tokens = md.parse(Path(path).read_text() if text is None else text)
     missing = []
     for t in tokens:
         for i, child in enumerate(t.children or []):
             if child.type != "image":
                 continue
             src = str(child.attrs.get("src", ""))
-            target = (Path(path).parent / src) if "://" not in src else None
+            target = Path(os.path.normpath(Path(path).parent / src)) if "://" not in src else None
             if target is not None and target.exists():
                 child.attrs["src"] = _rel(target, page_dir)
             else:
@@ -123,13 +123,9 @@ def family_section(cfg, family: str, page_dir: Path, run: dict | None) -> dict:
         sec["promotion"] = json.loads(dec.read_text())
     card = dec.with_name(f"{family}_model_card.md")
     if card.exists():
-        text = card.read_text().split("\n## Ablation (from `medops report`)")[0]   # the ablation is shown above
-        tmp = card.with_name(f".{family}_card_head.md")
-        tmp.write_text(text)
-        try:
-            sec["card_html"], miss = render_markdown(tmp, page_dir, f"`medops promote {family}` writes it")
-        finally:
-            tmp.unlink(missing_ok=True)
+        head, _, rest = card.read_text().partition("\n## Ablation (from `medops report`)")
+        head += rest[rest.find("\n## Known limitations"):] if "\n## Known limitations" in rest else ""  # not twice
+        sec["card_html"], miss = render_markdown(card, page_dir, f"`medops promote {family}` writes it", head)
         sec["missing"] += miss
     return sec
 
