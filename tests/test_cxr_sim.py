@@ -90,7 +90,7 @@ def test_effusion_meniscus_is_higher_laterally_and_blunts_the_angle():
     u, v, n = geo["u"], geo["v"], img.shape[0]
 
     def fluid_top(col):
-        prof = img[:, col] - normal[:, col]                  # the fluid's own opacity, same noise-free anatomy
+        prof = img[:, col] - normal[:, col]         # the fluid's own opacity (same patient; far above the noise)
         rows = np.nonzero(prof[: int(0.8 * n)] > 200)[0]
         return rows.min()
 
@@ -130,3 +130,24 @@ def test_pneumothorax_is_a_lucent_rim_without_lung_markings():
     rim = geo["masks"]["right"] & (u < -0.62) & (v > 0.2) & (v < 0.35)
     assert img[rim].mean() < normal[rim].mean() - 50          # darker: air without lung
     assert geo["shift"] > 0                      # a large one pushes the mediastinum away (to the patient's left)
+
+
+def test_the_dataset_on_disk_images_reports_split_and_contact_sheet(tmp_path, smoke_cfg):
+    import cv2
+    import pandas as pd
+
+    man = c.generate(24, 128, 7, smoke_cfg.split, tmp_path / "raw", progress=False)
+    assert len(man) == 24 and set(man.split) == {"train", "val", "test"} and set(man.label) <= set(c.TRIAGE)
+    img = cv2.imread(str(tmp_path / "raw" / man.path.iloc[0]), cv2.IMREAD_UNCHANGED)
+    assert img.dtype == np.uint16 and img.shape == (128, 128) and img.max() <= 4095
+    reps = pd.read_csv(tmp_path / "raw/reports.csv")
+    assert len(reps) == 24 * 5 and reps.groupby("case_id").size().eq(5).all()
+    import json
+
+    states = {d["case_id"]: d for d in map(json.loads, (tmp_path / "raw/findings.jsonl").read_text().splitlines())}
+    for r in reps.itertuples():
+        assert c.read_findings(r.report) == {f: states[r.case_id][f] for f in c.FINDINGS}
+    neg = pd.read_csv(tmp_path / "raw/hard_negatives.csv")
+    assert len(neg) == 24 and set(neg.changed) <= {"side", "severity", "negation"}
+    c.contact_sheet(tmp_path / "raw", tmp_path / "sheet.png")
+    assert (tmp_path / "sheet.png").stat().st_size > 10000

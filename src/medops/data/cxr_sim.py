@@ -422,3 +422,95 @@ def hard_negative(state: dict, report: str, rng: np.random.Generator) -> tuple[s
             i = next(j for j, x in enumerate(sents) if x in _PHRASES[f][1])
             sents[i], new[f] = _sentence(f, fake, rng), fake
     return f"FINDINGS: {' '.join(sents)} IMPRESSION: {_impression(new)}", kind
+
+
+# ------------------------------------------------------------------ the dataset on disk
+def _case(job) -> dict:
+    i, seed, size, prevalence, n_reports, out = job
+    rng = np.random.default_rng([seed, i])
+    state = draw_state(rng, prevalence)
+    img, _ = render(state, rng, size)
+    from medops.data.io import write_png
+
+    case_id = f"cxr{i:05d}"
+    write_png(f"{out}/images/{case_id}.png", img)
+    reps = reports(state, rng, n_reports)
+    neg, kind = hard_negative(state, reps[0], rng)
+    return {"case_id": case_id, "patient_id": f"p{i:05d}", "state": state, "reports": reps, "hard_negative": neg,
+            "hard_negative_kind": kind, "triage": triage(state)}
+
+
+def generate(n_cases: int, size: int, seed: int, split, out, *, prevalence: dict | None = None, n_reports: int = 5,
+             workers: int = 1, progress: bool = True):
+    """Write ``images/<case>.png`` (16-bit PNG, 12-bit values), ``reports.csv`` (case_id, report_idx, report),
+    ``hard_negatives.csv``, ``findings.jsonl`` (the hidden states), ``manifest.parquet`` (patient-level split
+    stratified by triage class, ``label`` = triage) and ``dataset.json`` under ``out``; returns the manifest."""
+    import json
+    from concurrent.futures import ProcessPoolExecutor
+    from pathlib import Path
+
+    import pandas as pd
+    from tqdm import tqdm
+
+    from medops.data.splits import apply_split
+
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    jobs = [(i, seed, size, prevalence, n_reports, str(out)) for i in range(n_cases)]
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as ex:
+            cases = list(tqdm(ex.map(_case, jobs, chunksize=8), total=len(jobs), desc="generate cxr-reports",
+                              disable=not progress))
+    else:
+        cases = [_case(j) for j in tqdm(jobs, desc="generate cxr-reports", disable=not progress)]
+    man = pd.DataFrame([{"case_id": c["case_id"], "patient_id": c["patient_id"], "modality": "cxr",
+                         "path": f"images/{c['case_id']}.png", "label": c["triage"]} for c in cases])
+    man = pd.concat([apply_split(g, split.fractions, split.seed) for _, g in man.groupby("label", sort=True)],
+                    ignore_index=True).sort_values("case_id").reset_index(drop=True)
+    man.to_parquet(out / "manifest.parquet", index=False)
+    pd.DataFrame([{"case_id": c["case_id"], "report_idx": k, "report": r} for c in cases
+                  for k, r in enumerate(c["reports"])]).to_csv(out / "reports.csv", index=False)
+    pd.DataFrame([{"case_id": c["case_id"], "report": c["hard_negative"], "changed": c["hard_negative_kind"]}
+                  for c in cases]).to_csv(out / "hard_negatives.csv", index=False)
+    with open(out / "findings.jsonl", "w") as f:
+        for c in cases:
+            f.write(json.dumps({"case_id": c["case_id"], **c["state"]}) + "\n")
+    (out / "dataset.json").write_text(json.dumps({
+        "dataset": "cxr-reports", "classes": list(TRIAGE), "modality": "cxr", "size": size, "seed": seed,
+        "n_cases": n_cases, "reports_per_image": n_reports,
+        "triage_counts": man.label.value_counts().to_dict(),
+        "finding_counts": {f: sum(bool(c["state"][f]) for c in cases) for f in FINDINGS},
+        "source": "simulated: projection radiography physics; reports from the same hidden state"}, indent=2))
+    return man
+
+
+def contact_sheet(root, png, n: int = 8) -> None:
+    """Radiographs with their first report (findings present in the impression) and triage class."""
+    import textwrap
+    from pathlib import Path
+
+    import cv2
+    import matplotlib
+    import pandas as pd
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    root = Path(root)
+    man = pd.read_parquet(root / "manifest.parquet")
+    reps = pd.read_csv(root / "reports.csv")
+    picks = pd.concat([g.head(max(1, n // 3)) for _, g in man.groupby("label")]).head(n)
+    fig, axes = plt.subplots(2, (len(picks) + 1) // 2, figsize=(3.2 * ((len(picks) + 1) // 2), 8))
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, r in zip(axes.flat, picks.itertuples()):
+        img = cv2.imread(str(root / r.path), cv2.IMREAD_UNCHANGED)
+        ax.imshow(img, cmap="gray", vmin=0, vmax=4095)
+        text = reps[(reps.case_id == r.case_id) & (reps.report_idx == 0)].report.iloc[0]
+        ax.set_title(f"{r.case_id} [{r.label}]\n" + "\n".join(textwrap.wrap(text.split("IMPRESSION:")[1].strip(), 38)),
+                     fontsize=7)
+    fig.suptitle("cxr-reports: radiographs, impressions and triage class")
+    fig.tight_layout()
+    Path(png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
