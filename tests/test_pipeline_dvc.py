@@ -136,6 +136,67 @@ def test_make_run_prints_table_ablation_champion_and_ui_command(project):
     assert "mlflow ui --backend-store-uri sqlite:///" in r.stdout
 
 
+def _chromium(url: str, tmp_path, *args) -> subprocess.CompletedProcess:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "chromium is installed by `make system-deps` (make test)"
+    return subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                           "--no-first-run", "--allow-file-access-from-files", f"--user-data-dir={tmp_path / 'chrome'}",
+                           "--virtual-time-budget=5000", *args, url], check=True, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_medops_run_reports_every_family_and_the_summary_page_loads_in_a_browser(project, tmp_path):
+    """`medops run` (what `make run` calls) reproduces each family's stages, prints every family's results in
+    order with the times, keeps going past a family whose stages fail and shows why; reports/index.html opens
+    from the file system in headless Chromium with every image loaded, and names a missing figure."""
+    import re
+
+    from PIL import Image
+
+    dst, _ = project
+    shutil.copy(dst / "params.yaml", dst / "params_run.yaml")
+
+    def targets(p):
+        p["orchestration"]["run_targets"].update(fusion_seg=["evaluate", "promote"], transfer_cls=["no_such_stage"])
+
+    edit_params(dst / "params_run.yaml", targets)
+    r = _sh("medops --params params_run.yaml run --family fusion_seg,transfer_cls", dst, check=False)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and "failed: transfer_cls" in out
+    assert out.index("===== fusion_seg: ok") < out.index("===== transfer_cls: failed")
+    assert "DSC" in out and "## Claims" in out and "champion = v" in out and "mlflow ui --backend-store-uri" in out
+    assert "no_such_stage" in out and re.search(r"total\s+\d+\.\d min", out)
+    run = json.loads((dst / "reports/run.json").read_text())
+    assert run["families"]["transfer_cls"]["status"] == "failed" and run["families"]["fusion_seg"]["wall_s"] > 0
+    page = dst / "reports/index.html"
+    text = page.read_text()
+    assert "FAILED after" in text and "Great Expectations Data Docs" in text and "model card" in text
+    assert "<table>" in text and "contact sheet of breast-trimodal" in text
+
+    dom = _chromium(page.as_uri(), tmp_path, "--dump-dom").stdout
+    n_img = int(re.search(r'data-images="(\d+)"', dom).group(1))
+    assert n_img >= 4 and 'data-broken-images=""' in dom, re.search(r'data-broken-images="[^"]*"', dom)
+    shot = tmp_path / "summary.png"
+    _chromium(page.as_uri(), tmp_path, "--window-size=1400,1000", f"--screenshot={shot}")
+    img = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert img.std() > 10 and (img < 200).mean() > 0.01, "the screenshot is blank"
+
+    # a figure the ablation report links to goes missing: the page names it instead of showing a broken image
+    figs = re.findall(r"\]\((figures/[^)]+\.png)\)", (dst / "reports/ablation/fusion_seg/report.md").read_text())
+    gone = dst / "reports/ablation/fusion_seg" / figs[0]
+    keep = gone.read_bytes()
+    try:
+        gone.unlink()
+        _sh("medops summary", dst)
+        text = page.read_text()
+        assert f"missing: {gone.relative_to(dst)}" in text or f"missing: {gone}" in text
+        dom = _chromium(page.as_uri(), tmp_path, "--dump-dom").stdout
+        assert 'data-broken-images=""' in dom
+    finally:
+        gone.write_bytes(keep)
+        (dst / "params_run.yaml").unlink()
+
+
 def _client(dst):
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -510,63 +571,3 @@ def test_kubeflow_pipeline_runs_with_the_local_runner(project, tmp_path):
     after = json.loads((dst / "reports/promotion/fusion_seg.json").read_text())
     assert after["action"] in ("unchanged", "promoted", "refused") and before["family"] == after["family"]
 
-
-def _chromium(url: str, tmp_path, *args) -> subprocess.CompletedProcess:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "chromium is installed by `make system-deps` (make test)"
-    return subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                           "--no-first-run", "--allow-file-access-from-files", f"--user-data-dir={tmp_path / 'chrome'}",
-                           "--virtual-time-budget=5000", *args, url], check=True, capture_output=True, text=True,
-                          timeout=120)
-
-
-def test_medops_run_reports_every_family_and_the_summary_page_loads_in_a_browser(project, tmp_path):
-    """`medops run` (what `make run` calls) reproduces each family's stages, prints every family's results in
-    order with the times, keeps going past a family whose stages fail and shows why; reports/index.html opens
-    from the file system in headless Chromium with every image loaded, and names a missing figure."""
-    import re
-
-    from PIL import Image
-
-    dst, _ = project
-    shutil.copy(dst / "params.yaml", dst / "params_run.yaml")
-
-    def targets(p):
-        p["orchestration"]["run_targets"].update(fusion_seg=["evaluate", "promote"], transfer_cls=["no_such_stage"])
-
-    edit_params(dst / "params_run.yaml", targets)
-    r = _sh("medops --params params_run.yaml run --family fusion_seg,transfer_cls", dst, check=False)
-    out = r.stdout + r.stderr
-    assert r.returncode == 1 and "failed: transfer_cls" in out
-    assert out.index("===== fusion_seg: ok") < out.index("===== transfer_cls: failed")
-    assert "DSC" in out and "## Claims" in out and "champion = v" in out and "mlflow ui --backend-store-uri" in out
-    assert "no_such_stage" in out and re.search(r"total\s+\d+\.\d min", out)
-    run = json.loads((dst / "reports/run.json").read_text())
-    assert run["families"]["transfer_cls"]["status"] == "failed" and run["families"]["fusion_seg"]["wall_s"] > 0
-    page = dst / "reports/index.html"
-    text = page.read_text()
-    assert "FAILED after" in text and "Great Expectations Data Docs" in text and "model card" in text
-    assert "<table>" in text and "contact sheet of breast-trimodal" in text
-
-    dom = _chromium(page.as_uri(), tmp_path, "--dump-dom").stdout
-    n_img = int(re.search(r'data-images="(\d+)"', dom).group(1))
-    assert n_img >= 4 and 'data-broken-images=""' in dom, re.search(r'data-broken-images="[^"]*"', dom)
-    shot = tmp_path / "summary.png"
-    _chromium(page.as_uri(), tmp_path, "--window-size=1400,1000", f"--screenshot={shot}")
-    img = np.asarray(Image.open(shot).convert("L"), dtype=float)
-    assert img.std() > 10 and (img < 200).mean() > 0.01, "the screenshot is blank"
-
-    # a figure the ablation report links to goes missing: the page names it instead of showing a broken image
-    figs = re.findall(r"\]\((figures/[^)]+\.png)\)", (dst / "reports/ablation/fusion_seg/report.md").read_text())
-    gone = dst / "reports/ablation/fusion_seg" / figs[0]
-    keep = gone.read_bytes()
-    try:
-        gone.unlink()
-        _sh("medops summary", dst)
-        text = page.read_text()
-        assert f"missing: {gone.relative_to(dst)}" in text or f"missing: {gone}" in text
-        dom = _chromium(page.as_uri(), tmp_path, "--dump-dom").stdout
-        assert 'data-broken-images=""' in dom
-    finally:
-        gone.write_bytes(keep)
-        (dst / "params_run.yaml").unlink()
