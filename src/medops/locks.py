@@ -34,6 +34,7 @@ def exclusive(target: Path, what: str):
     path = _lock_file(target)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    held = False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -43,6 +44,7 @@ def exclusive(target: Path, what: str):
                               f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} "
                               f"({' '.join(holder.get('argv', [])) or 'unknown command'}, since {holder.get('since', '?')})",
                               "wait for it to finish (or stop it); parallel ablation cells each have their own folder")
+        held = True
         previous = _read(fd)
         if previous.get("pid") and previous.get("host") == socket.gethostname() and not _alive(previous["pid"]):
             print(f"note: stale lock on {target} from dead pid {previous['pid']} ({previous.get('since')}); taken over",
@@ -52,6 +54,8 @@ def exclusive(target: Path, what: str):
                                   "since": time.strftime("%Y-%m-%dT%H:%M:%S"), "target": str(target)}).encode(), 0)
         yield
     finally:
+        if held:
+            os.ftruncate(fd, 0)  # a clean release leaves no holder behind: only a crashed one is "stale"
         os.close(fd)  # releases the lock
 
 

@@ -8,6 +8,7 @@ whether all of them succeeded. Which stages make up a family's run is data: ``or
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from datetime import datetime, timezone
@@ -51,9 +52,22 @@ def _reason(lines: list[str], rc: int) -> str:
     return f"dvc repro exited with status {rc}"
 
 
-def run_families(cfg, families: list[str], *, echo=print, dvc: str = "dvc") -> dict:
-    """Reproduce each family's stages; returns (and writes to ``reports/run.json``) status and time per family."""
+def run_families(cfg, families: list[str], *, echo=print, dvc: str = "dvc", warm: bool = False) -> dict:
+    """Reproduce each family's stages; returns (and writes to ``reports/run.json``) status and time per family.
+    ``warm``: the stages' medops commands run in forks of one warm server (medops.warm)."""
     targets = targets_of(cfg, families)
+    if warm:
+        from medops.warm import WarmServer
+
+        with WarmServer() as env:
+            echo("warm start: " + ("on (stages fork a process with torch, MONAI and MLflow imported)"
+                                   if env.get("MEDOPS_WARM", "0") != "0" else "unavailable, stages run cold"),
+                 flush=True)
+            return _run_families(cfg, families, targets, echo, dvc, {**os.environ, **env})
+    return _run_families(cfg, families, targets, echo, dvc, None)
+
+
+def _run_families(cfg, families, targets, echo, dvc, env) -> dict:
     logs = REPORTS / "run"
     logs.mkdir(parents=True, exist_ok=True)
     run = {"profile": cfg.profile, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "families": {}}
@@ -64,7 +78,8 @@ def run_families(cfg, families: list[str], *, echo=print, dvc: str = "dvc") -> d
         t0 = time.perf_counter()
         lines: list[str] = []
         with open(log_file, "w") as log, subprocess.Popen([dvc, "repro", *targets[fam]], stdout=subprocess.PIPE,
-                                                          stderr=subprocess.STDOUT, text=True, bufsize=1) as p:
+                                                          stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                                          env=env) as p:
             for line in p.stdout:
                 echo(line, end="", flush=True)
                 log.write(line)

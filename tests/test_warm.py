@@ -1,0 +1,127 @@
+"""The warm start of `medops run`: a command run in a fork of the warm server behaves as the same command
+run in its own process — output, exit status, working directory, environment, import log — and a
+server that cannot be reached, or a client that dies, changes nothing but speed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, edit_params
+
+BIN = Path(sys.executable).parent
+LIGHT = ("yaml",)      # the server's preload list is a parameter: these tests need not import torch
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    sock = tmp_path_factory.mktemp("w") / "w.sock"
+    proc = subprocess.Popen([sys.executable, "-c", f"from medops.warm import serve; serve({str(sock)!r}, "
+                             f"preload={LIGHT!r})"], stderr=subprocess.PIPE, text=True)
+    for _ in range(200):
+        if sock.exists():
+            break
+        time.sleep(0.05)
+    assert sock.exists(), proc.stderr.read() if proc.poll() is not None else "server did not start"
+    yield sock
+    proc.terminate()
+    proc.wait(10)
+
+
+def _medops(args, cwd, **env):
+    e = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **env}
+    return subprocess.run([str(BIN / "medops"), *args], cwd=cwd, env=e, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def project(tmp_path):
+    dst = tmp_path / "proj"
+    dst.mkdir()
+    (dst / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    return dst
+
+
+def test_same_output_and_status_as_a_process_of_its_own(server, project):
+    for args in (["families"], ["train", "no_such_family"], ["no-such-verb"]):
+        cold = _medops(args, project)
+        warm = _medops(args, project, MEDOPS_WARM=str(server), MEDOPS_WARM_PROBE="1")
+        assert (warm.returncode, warm.stdout, warm.stderr) == (cold.returncode, cold.stdout, cold.stderr), args
+    assert _medops(["train", "no_such_family"], project, MEDOPS_WARM=str(server)).returncode == 2
+
+
+def test_the_child_runs_in_the_clients_folder_with_its_environment(server, project, tmp_path):
+    """params.yaml is read from the client's working directory; MEDOPS_IMPORTS_LOG comes from its environment
+    and is written at exit (atexit runs in the child), listing the medops modules the command imported."""
+    edit_params(project / "params.yaml", lambda p: p["orchestration"].update(families=["fusion_seg"]))
+    log = tmp_path / "imports.jsonl"
+    warm = _medops(["families"], project, MEDOPS_WARM=str(server), MEDOPS_IMPORTS_LOG=str(log))
+    cold = _medops(["families"], project)
+    assert warm.returncode == 0 and warm.stdout == cold.stdout
+    rec = json.loads(log.read_text().splitlines()[-1])
+    assert rec["argv"] == ["families"]
+    assert any(m.endswith("medops/cli.py") for m in rec["modules"])
+    assert not any(m.endswith("medops/warm.py") for m in rec["modules"])   # the server's own code is not counted
+
+
+def test_an_unreachable_server_means_a_cold_run(project, tmp_path):
+    cold = _medops(["families"], project)
+    for value in (str(tmp_path / "gone.sock"), "0", ""):
+        r = _medops(["families"], project, MEDOPS_WARM=value)
+        assert (r.returncode, r.stdout) == (cold.returncode, cold.stdout), value
+
+
+def test_killing_the_client_stops_the_command(server, project, tmp_path):
+    """SIGTERM to the client is relayed to the command; `kill -9` cannot be relayed, so the child watches
+    its connection and gets SIGTERM when the client is gone: no orphan keeps working."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "dvc").write_text('#!/bin/sh\necho $PPID > "$MARKER"\nexec sleep 60\n')   # `medops run` waits on it
+    (fake / "dvc").chmod(0o755)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        marker = tmp_path / f"m{int(sig)}"
+        env = {**os.environ, "PATH": f"{fake}:{BIN}:{os.environ['PATH']}", "MEDOPS_WARM": str(server),
+               "MARKER": str(marker)}
+        client = subprocess.Popen([str(BIN / "medops"), "run", "--cold", "--family", "fusion_seg"], cwd=project,
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(400):
+            if marker.exists() and marker.read_text().strip():
+                break
+            time.sleep(0.05)
+        child = int(marker.read_text())               # the forked `medops run` (the fake dvc's parent)
+        assert child != client.pid
+        client.send_signal(sig)
+        client.wait(10)
+        for _ in range(100):
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"the command (pid {child}) outlived its client killed by {sig!r}")
+        subprocess.run(["pkill", "-f", "sleep 60"], check=False)
+
+
+def test_a_lock_released_cleanly_is_not_reported_stale(tmp_path, monkeypatch, capsys):
+    """Only a holder that died with the lock is 'stale'; a finished command leaves no note for the next."""
+    from medops import locks
+
+    monkeypatch.setattr(locks, "LOCK_DIR", tmp_path / "locks")
+    target = tmp_path / "cell"
+    with locks.exclusive(target, "a cell"):
+        pass
+    with locks.exclusive(target, "a cell"):
+        pass
+    assert "stale lock" not in capsys.readouterr().err
+    lock = next((tmp_path / "locks").iterdir())
+    lock.write_text(json.dumps({"pid": 2 ** 22 + 7, "host": __import__("socket").gethostname()}))  # died holding it
+    with locks.exclusive(target, "a cell"):
+        pass
+    assert "stale lock" in capsys.readouterr().err
