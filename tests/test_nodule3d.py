@@ -349,7 +349,12 @@ def test_dvc_repro_whole_family_through_ablation_report_and_promotion(tmp_path):
         return r.stdout + r.stderr
 
     sh("git init -q && git add -A && git commit -qm init && medops profile smoke")
-    out = sh("dvc repro nodule3d_evaluate n3d_promote")
+    from medops.warm import WarmServer
+
+    with WarmServer() as warm:      # the stages run warm, as under `medops run`
+        env.update(warm)
+        out = sh("dvc repro nodule3d_evaluate n3d_promote")
+    env.pop("MEDOPS_WARM")
     assert "padded with air" in out and "val_auc" in out
     assert uncovered(dst, tmp_path / "imports.jsonl", ROOT) == []
     assert (dst / "reports/data/lidc-sim_contact_sheet.png").exists()

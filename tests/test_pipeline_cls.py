@@ -30,7 +30,11 @@ def project(tmp_path_factory):
     abl["cells"] = {"densenet201": {}, "resnet50": {"backbone": "resnet50"}, "scratch": {"weights": "none"}}
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _sh("git init -q && git add -A && git commit -qm init", dst)
-    repro = _sh(f"dvc repro {TARGETS}", dst)
+    from medops.warm import WarmServer
+
+    with WarmServer() as warm:      # as `medops run` does (test_pipeline_dvc runs its stages cold)
+        assert warm["MEDOPS_WARM"] != "0"
+        repro = _sh(f"dvc repro {TARGETS}", dst, extra_env=warm)
     return dst, repro
 
 

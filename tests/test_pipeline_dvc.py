@@ -19,8 +19,8 @@ BIN = Path(sys.executable).parent
 FUSION_TARGETS = "promote evaluate"  # the fusion_seg pipeline (transfer_cls has its own test module)
 
 
-def _sh(cmd, cwd, check=True):
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x",
+def _sh(cmd, cwd, check=True, extra_env: dict | None = None):
+    env = {**os.environ, **(extra_env or {}), "PATH": f"{BIN}:{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@x"}
     env.pop("MLFLOW_TRACKING_URI", None)
     env["MEDOPS_IMPORTS_LOG"] = str(Path(cwd).parent / "imports.jsonl")  # what each command imported

@@ -104,6 +104,17 @@ def test_an_ablation_stage_says_its_place_and_the_time_left(tmp_path, smoke_cfg,
     line = _position("fusion_seg", fcfg, p, cells[1], seeds[0])
     left = (n - 2) * 60 / 60
     assert line == f"[fusion_seg] ablation 3/{n}: {cells[1]}, seed {seeds[0]}; about {left:.0f} min left (60 s per run so far)"
+    # with three runs done, the median time between their ends (DVC's work between stages included; a pause
+    # of a day between two of them ignored) replaces the runs' own clocks
+    import os
+
+    d = layout.cell_dir("fusion_seg", cells[0], seeds[2])
+    d.mkdir(parents=True)
+    (d / "status.json").write_text(json.dumps({"status": "finished", "wall_s": 10.0}))
+    for s, t in zip(seeds[:3], (1000.0, 1100.0, 1000.0 + 86400)):
+        os.utime(layout.cell_dir("fusion_seg", cells[0], s) / "status.json", (t, t))
+    line = _position("fusion_seg", fcfg, p, cells[1], seeds[0])
+    assert line.endswith(f"about {(n - 3) * 100 / 60:.0f} min left (100 s per run so far)"), line
     assert _position("fusion_seg", fcfg, SimpleNamespace(kind="main", dataset="breast-trimodal"), None, None) == \
         "[fusion_seg] train the main model on breast-trimodal"
 

@@ -150,17 +150,21 @@ def _position(family: str, fcfg, p, cell: str | None, seed: int | None) -> str:
         return f"[{family}] {p.kind.replace(':', ' ')}"
     abl = fcfg.ablation
     runs = [(c, int(s)) for c in abl.cells for s in abl.seeds]
-    done, walls = 0, []
+    done, walls, ends = 0, [], []
     for c, s in runs:
         st = layout.cell_dir(family, c, s) / "status.json"
         if st.exists() and (c, s) != (cell, seed):
             done += 1
+            ends.append(st.stat().st_mtime)
             w = json.loads(st.read_text()).get("wall_s")
             if w:
                 walls.append(float(w))
     left = len(runs) - done
-    eta = (f"; about {left * sum(walls) / len(walls) / 60:.0f} min left ({sum(walls) / len(walls):.0f} s per run "
-           f"so far)") if walls else ""
+    gaps = sorted(b - a for a, b in zip(sorted(ends), sorted(ends)[1:]))
+    # the median time between finished runs counts what a run's own clock cannot (DVC's work between
+    # stages) and ignores a pause (an ablation resumed days later); its own wall time until there are gaps
+    per_run = gaps[(len(gaps) - 1) // 2] if len(gaps) >= 2 else (sum(walls) / len(walls) if walls else None)
+    eta = f"; about {left * per_run / 60:.0f} min left ({per_run:.0f} s per run so far)" if per_run else ""
     return f"[{family}] ablation {done + 1}/{len(runs)}: {cell}, seed {seed}{eta}"
 
 

@@ -1,0 +1,96 @@
+"""The report text stack: a WordPiece vocabulary trained on the training split's reports only (HF
+``tokenizers``, wrapped in ``PreTrainedTokenizerFast`` and stored as one ``tokenizer.json`` — JSON, no
+pickle), encoding to fixed-length ids with truncation counted, and decoding back to text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from medops.errors import MedopsError
+
+PAD, BOS, EOS, UNK = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
+SPECIAL = (PAD, BOS, EOS, UNK)                 # ids 0, 1, 2, 3 in this order
+ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz.,;:()-/%"   # always in the vocabulary (a digit unseen in training)
+
+
+def train_tokenizer(texts, vocab_size: int = 1000, min_frequency: int = 1):
+    """A lower-casing WordPiece tokenizer over ``texts`` (the training reports; never validation or test)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [t for t in texts if t and t.strip()]
+    if not texts:
+        raise MedopsError("training reports", "no text to train the tokenizer on", "check the training split's reports")
+    tok = Tokenizer(models.WordPiece(unk_token=UNK))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    # digits one by one: a measurement never falls out of the vocabulary ("19 mm" -> 1 9 mm)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.BertPreTokenizer(),
+                                                 pre_tokenizers.Digits(individual_digits=True)])
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL),
+                                        initial_alphabet=list(ALPHABET))
+    tok.train_from_iterator(texts, trainer)
+    return wrap(tok)
+
+
+def wrap(tok):
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=UNK)
+
+
+def save_tokenizer(tok, path: Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tok.backend_tokenizer.save(str(path))
+
+
+def load_tokenizer(path: Path):
+    from tokenizers import Tokenizer
+
+    if not Path(path).exists():
+        raise MedopsError(str(path), "no tokenizer file", "run the preprocess stage (it trains the tokenizer)")
+    return wrap(Tokenizer.from_file(str(path)))
+
+
+@dataclass
+class Encoded:
+    ids: list[list[int]]
+    mask: list[list[int]]
+    truncated: list[int]          # rows whose text was cut at max_len
+    unknown: int                  # [UNK] tokens produced (words outside the vocabulary, after WordPiece)
+
+
+def encode(tok, texts: list[str], max_len: int, *, bos_eos: bool = True) -> Encoded:
+    """Fixed-length ids (padded with [PAD]); with ``bos_eos`` each row is [BOS] ... [EOS] (a decoder target).
+    Truncation keeps the first ``max_len`` tokens (the EOS then marks the cut) and is reported by row."""
+    room = max_len - (2 if bos_eos else 0)
+    if room < 1:
+        raise MedopsError(f"max_len {max_len}", "too short for any text", "raise the text max_len in params")
+    pad, bos, eos, unk = (tok.convert_tokens_to_ids(t) for t in SPECIAL[:4])
+    ids, mask, cut, n_unk = [], [], [], 0
+    for row, text in enumerate(texts):
+        toks = tok(text, add_special_tokens=False)["input_ids"]
+        n_unk += sum(t == unk for t in toks)
+        if len(toks) > room:
+            cut.append(row)
+            toks = toks[:room]
+        seq = ([bos] + toks + [eos]) if bos_eos else toks
+        ids.append(seq + [pad] * (max_len - len(seq)))
+        mask.append([1] * len(seq) + [0] * (max_len - len(seq)))
+    return Encoded(ids, mask, cut, n_unk)
+
+
+def decode(tok, ids: list[int]) -> str:
+    """Token ids (specials dropped) -> report text, with the pre-tokenizer's spaces around punctuation undone
+    ("0 . 53" -> "0.53", "effusion ." -> "effusion.") and the section headers restored ("FINDINGS:")."""
+    import re
+
+    special = {tok.convert_tokens_to_ids(t) for t in SPECIAL[:3]}
+    text = tok.decode([i for i in ids if i not in special], skip_special_tokens=True).strip()
+    text = re.sub(r"(?<=\d) (?=\d)", "", text)
+    text = re.sub(r"(\d)\s*\.\s*(\d)", r"\1.\2", text)
+    text = re.sub(r"\s+([.,:;)])", r"\1", text)
+    text = re.sub(r"([(])\s+", r"\1", text)
+    text = re.sub(r"\s*-\s*", "-", text)
+    return re.sub(r"\b(findings|impression):", lambda m: m.group(1).upper() + ":", text)
