@@ -22,10 +22,10 @@ run: venv  ## every family (or FAMILY=a,b): data -> train -> evaluate -> ablatio
 	$(BIN)/medops profile $(PROFILE)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/medops run $(if $(strip $(FAMILY)),--family "$(FAMILY)")
 
-system-deps:  ## Debian packages the tests use: headless Chromium (MLflow UI screenshot), PostgreSQL server
-	@command -v chromium >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium postgresql >/dev/null; \
-	  else echo "install chromium and postgresql (apt-get install chromium postgresql)"; exit 1; fi; }
+system-deps:  ## Debian packages: headless Chromium (page screenshots), PostgreSQL server, a headless JRE (METEOR)
+	@command -v chromium >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v java >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium postgresql default-jre-headless >/dev/null; \
+	  else echo "install chromium, postgresql and a JRE (apt-get install chromium postgresql default-jre-headless)"; exit 1; fi; }
 
 services-start: venv  ## PostgreSQL + SeaweedFS (S3) + MLflow server on loopback (.services/)
 	infra/local/services.sh start
