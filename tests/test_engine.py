@@ -232,3 +232,34 @@ def test_balanced_sampler_draws_each_class_equally_and_the_same_order_on_both_pa
     ds.labels = None
     with pytest.raises(ConfigError, match="train.sampler"):
         tr._order(ds, epoch=0)
+
+
+def test_previous_loss_step_decays_only_after_a_worse_or_equal_epoch():
+    """Paper 003 Eq. 5: lr x beta when val_loss >= the previous epoch's (not the best epoch's)."""
+    from medops.engine.trainer import PreviousLossStep
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = PreviousLossStep(opt, gamma=0.5)
+    lrs = []
+    for loss in (1.0, 0.8, 0.9, 0.85, 0.85, 0.5):
+        sched.step(loss)
+        lrs.append(opt.param_groups[0]["lr"])
+    # 0.9 >= 0.8: decay; 0.85 < 0.9: keep (ReduceLROnPlateau would decay: 0.85 > best 0.8); 0.85 >= 0.85: decay
+    assert lrs == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+    again = PreviousLossStep(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.25), gamma=0.5)
+    again.load_state_dict(sched.state_dict())
+    assert again.previous == 0.5
+
+
+def test_the_val_loss_scheduler_runs_in_the_trainer_and_resumes_exactly(preprocessed, smoke_cfg, tmp_path):
+    cfg = dataclasses.replace(smoke_cfg.family("fusion_seg").train, epochs=3, batch_size=4, seed=5,
+                              scheduler="val_loss", gamma=0.5, lr=0.05)
+    full, _ = _run(preprocessed, cfg, tmp_path / "a")
+    for prev, cur, nxt in zip(full, full[1:], full[2:]):          # epoch e+1's lr follows epoch e's val_loss
+        assert nxt["lr"] == pytest.approx(cur["lr"] * (0.5 if cur["val_loss"] >= prev["val_loss"] else 1.0))
+    assert full[0]["lr"] == full[1]["lr"] == pytest.approx(0.05)      # no previous loss after the first epoch
+    with pytest.raises(Crash):
+        _run(preprocessed, cfg, tmp_path / "b", crash_at=(2, 0))
+    resumed, _ = _run(preprocessed, cfg, tmp_path / "b", resume=True)
+    assert [r["lr"] for r in resumed] == pytest.approx([r["lr"] for r in full])
+    assert [r["val_loss"] for r in resumed] == pytest.approx([r["val_loss"] for r in full], abs=1e-6)

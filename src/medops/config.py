@@ -162,7 +162,7 @@ class TrainConfig:
     RULES: ClassVar[dict] = {
         "optimizer": ("adam", "sgd"), "lr": "(0, inf)", "weight_decay": "[0, inf)", "batch_size": "[1, inf)",
         "epochs": "[1, inf)", "loss": ("dice_bce", "ce", "focal", "ce_auc"), "auc_lambda": "(0, 10]", "dice_weight": "[0, inf)", "bce_weight": "[0, inf)",
-        "scheduler": ("cosine", "step", "none"), "step_size": "[1, inf)", "gamma": "(0, 1]", "num_workers": "[0, inf)", "early_stopping": "[0, inf)",
+        "scheduler": ("cosine", "step", "val_loss", "none"), "step_size": "[1, inf)", "gamma": "(0, 1]", "num_workers": "[0, inf)", "early_stopping": "[0, inf)",
         "focal_gamma": "[0, inf)", "class_weights": ("none", "inverse_frequency"), "checkpoint_every": "[1, inf)",
         "sampler": ("random", "balanced"),
         "nonfinite_check_every": "[1, inf)", "precision": ("auto", "fp32", "bf16", "fp16"),
@@ -175,7 +175,8 @@ class TrainConfig:
     loss: str = "dice_bce"
     dice_weight: float = 1.0
     bce_weight: float = 1.0
-    scheduler: str = "cosine"              # cosine | step (lr x gamma every step_size epochs) | none
+    scheduler: str = "cosine"              # cosine | step (lr x gamma every step_size epochs) | val_loss (lr x gamma
+                                          # when the validation loss is not below the previous epoch's) | none
     step_size: int = 30
     gamma: float = 0.1
     seed: int = 0

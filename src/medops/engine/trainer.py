@@ -72,6 +72,32 @@ class Logger(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
 
 
+class PreviousLossStep(torch.optim.lr_scheduler.LRScheduler):
+    """Multiply the learning rate by ``gamma`` after an epoch whose validation loss is not lower than the
+    previous epoch's (paper 003, Eq. 5: α_new = β·α_old if val_loss ≥ val_loss_previous). Unlike
+    ``ReduceLROnPlateau`` it compares with the previous epoch, not the best one. ``step(val_loss)`` after
+    validation; its state (the previous loss) is checkpointed with the optimiser's."""
+
+    needs_metric = True
+
+    def __init__(self, optimizer, gamma: float = 0.1):
+        self.gamma, self.previous, self._decay = gamma, None, False
+        super().__init__(optimizer)
+
+    def get_lr(self):
+        factor = self.gamma if self._decay else 1.0
+        return [g["lr"] * factor for g in self.optimizer.param_groups]
+
+    def step(self, val_loss: float | None = None):  # noqa: D102 - see the class
+        if val_loss is None:              # the constructor's initial step
+            self._decay = False
+            return super().step()
+        self._decay = self.previous is not None and val_loss >= self.previous
+        self.previous = float(val_loss)
+        super().step()
+        self._decay = False
+
+
 class TaskModule(nn.Module):
     """Hooks a family implements. ``self.net`` is the model that gets checkpointed."""
 
@@ -95,10 +121,13 @@ class TaskModule(nn.Module):
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
         elif cfg.scheduler == "step":
             sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+        elif cfg.scheduler == "val_loss":
+            sched = PreviousLossStep(opt, gamma=cfg.gamma)
         elif cfg.scheduler in ("none", None):
             sched = None
         else:
-            raise ConfigError("train.scheduler", f"unknown scheduler '{cfg.scheduler}'", "use 'cosine', 'step' or 'none'")
+            raise ConfigError("train.scheduler", f"unknown scheduler '{cfg.scheduler}'",
+                              "use 'cosine', 'step', 'val_loss' or 'none'")
         return opt, sched
 
     def train_step(self, batch) -> torch.Tensor:  # returns the loss
@@ -240,6 +269,9 @@ class Trainer:
         self.dist = env_info()
         if self.dist.world > 1 and device is None and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
+        if self.dist.world > 1 and cfg.scheduler == "val_loss":
+            raise ConfigError("train.scheduler", "val_loss steps on rank 0's validation loss, which the other "
+                              f"{self.dist.world - 1} processes do not see", "use scheduler: step or cosine with --nproc > 1")
         if self.dist.world > 1 and cfg.sampler != "random":
             raise ConfigError("train.sampler", f"'{cfg.sampler}' sampling is single-process only",
                               "use sampler: random with --nproc > 1 (or class_weights: inverse_frequency)")
@@ -399,7 +431,7 @@ class Trainer:
                     self._checkpoints.wait()
                     raise Preempted(f"stopped by SIGTERM at epoch {epoch + 1}, step {step + 1}; resume with --resume")
             self._check_finite(bad, epoch, checked, step)
-            if sched is not None:
+            if sched is not None and not getattr(sched, "needs_metric", False):
                 sched.step()
             stats = all_reduce_sum(torch.stack([total.float(), torch.tensor(float(n), device=self.device)]))
             train_loss = float(stats[0]) / max(float(stats[1]), 1)
@@ -412,6 +444,11 @@ class Trainer:
             val = self.validate(val_ds, net)
             rec = {"epoch": epoch + 1, "train_loss": train_loss, **val,
                    "lr": opt.param_groups[0]["lr"], "epoch_time_s": time.perf_counter() - t0}
+            if sched is not None and getattr(sched, "needs_metric", False):
+                if "val_loss" not in val:
+                    raise ConfigError("train.scheduler", "val_loss: this task reports no validation loss",
+                                      "use scheduler: step, cosine or none")
+                sched.step(val["val_loss"])        # the lr of the next epoch
             self.history.append(rec)
             metric = rec[task.monitor]
             if self._better(metric, best):
