@@ -463,7 +463,7 @@ def generate(n_cases: int, size: int, seed: int, split, out, *, prevalence: dict
                               disable=not progress))
     else:
         cases = [_case(j) for j in tqdm(jobs, desc="generate cxr-reports", disable=not progress)]
-    man = pd.DataFrame([{"case_id": c["case_id"], "patient_id": c["patient_id"], "modality": "cxr",
+    man = pd.DataFrame([{"case_id": c["case_id"], "patient_id": c["patient_id"], "modality": "image",
                          "path": f"images/{c['case_id']}.png", "label": c["triage"]} for c in cases])
     man = pd.concat([apply_split(g, split.fractions, split.seed) for _, g in man.groupby("label", sort=True)],
                     ignore_index=True).sort_values("case_id").reset_index(drop=True)
@@ -476,7 +476,7 @@ def generate(n_cases: int, size: int, seed: int, split, out, *, prevalence: dict
         for c in cases:
             f.write(json.dumps({"case_id": c["case_id"], **c["state"]}) + "\n")
     (out / "dataset.json").write_text(json.dumps({
-        "dataset": "cxr-reports", "classes": list(TRIAGE), "modality": "cxr", "size": size, "seed": seed,
+        "dataset": "cxr-reports", "classes": list(TRIAGE), "modality": "image (PA chest radiograph)", "size": size, "seed": seed,
         "n_cases": n_cases, "reports_per_image": n_reports,
         "triage_counts": man.label.value_counts().to_dict(),
         "finding_counts": {f: sum(bool(c["state"][f]) for c in cases) for f in FINDINGS},

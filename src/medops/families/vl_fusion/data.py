@@ -1,0 +1,149 @@
+"""`vl_fusion` data: radiographs with their reports.
+
+Layout (simulated by ``cxr_sim.generate`` or your own): ``images/<case>.png`` (or DICOM) listed in
+``manifest.parquet`` / ``labels.csv`` with the triage class as ``label``, and ``reports.csv`` with columns
+``case_id, report`` (several rows per case: several reference reports; optional ``report_idx``).
+``hard_negatives.csv`` (``case_id, report``) is optional: without it, matching is scored on the gallery only.
+
+:func:`read_reports` is the gate for the text — every refusal names the file, the row, the rule and the
+fix. :func:`preprocess_vl` reuses the shared 2-D image preprocessing (shards by content) and adds the text:
+``reports.parquet`` (the cases' reports and hard negatives, with their split) and ``tokenizer.json``, a
+WordPiece vocabulary trained on the **training split's reports only**. :class:`VLDataset` serves the
+8-tuple batches of :mod:`medops.families.vl_fusion.task`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from medops.errors import MedopsError
+
+log = logging.getLogger("medops.vl_fusion")
+REQUIRED = ("case_id", "report")
+
+
+def read_reports(path: Path, *, what: str = "reports.csv") -> pd.DataFrame:
+    """A report CSV, strictly: UTF-8, the required columns, no empty report."""
+    path = Path(path)
+    if not path.exists():
+        raise MedopsError(str(path), f"{what} is missing", "add a CSV with columns case_id, report (one row per report)")
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise MedopsError(f"{path}:{line}", f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start})",
+                          "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+    df = pd.read_csv(path, dtype={"case_id": str}, keep_default_na=False, encoding="utf-8")
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise MedopsError(str(path), f"missing column(s) {missing} (has {list(df.columns)})",
+                          "the header must name case_id and report")
+    empty = df.index[df.report.astype(str).str.strip() == ""].tolist()
+    if empty:
+        raise MedopsError(f"{path}:{empty[0] + 2}", f"empty report for case {df.case_id.iloc[empty[0]]!r} "
+                          f"({len(empty)} empty in all)", "write the report text or drop the row")
+    return df
+
+
+def check_pairs(reports: pd.DataFrame, case_ids, path: Path) -> None:
+    """Every image has a report and every report an image."""
+    cases, have = set(map(str, case_ids)), set(reports.case_id.astype(str))
+    if cases - have:
+        ex = sorted(cases - have)
+        raise MedopsError(str(path), f"{len(ex)} image(s) without a report, e.g. {ex[:3]}",
+                          "add their reports or remove the images from the manifest")
+    if have - cases:
+        ex = sorted(have - cases)
+        raise MedopsError(str(path), f"{len(ex)} report(s) without an image, e.g. case_id {ex[:3]}",
+                          "fix the case_id or add the image")
+
+
+def preprocess_vl(root: Path, out: Path, image_cfg, text_cfg, *, split_fractions=None, split_seed: int = 0,
+                  progress: bool = True) -> tuple[pd.DataFrame, str]:
+    """Images -> shards (shared classification preprocessing, label = triage class); reports -> reports.parquet;
+    tokenizer.json trained on the training split's reports. Returns (index, summary line)."""
+    from medops.families.vl_fusion import text
+    from medops.preprocess.classification_2d import preprocess_classification
+
+    root, out = Path(root), Path(out)
+    reps = read_reports(root / "reports.csv")
+    index = preprocess_classification(root, out, image_cfg, split_fractions=split_fractions, split_seed=split_seed,
+                                      progress=progress)
+    check_pairs(reps, index.case_id, root / "reports.csv")
+    neg = read_reports(root / "hard_negatives.csv", what="hard_negatives.csv") \
+        if (root / "hard_negatives.csv").exists() else pd.DataFrame(columns=list(REQUIRED))
+    split = dict(zip(index.case_id.astype(str), index.split))
+    if "report_idx" not in reps:
+        reps["report_idx"] = reps.groupby("case_id").cumcount()
+    reps = reps.sort_values(["case_id", "report_idx"])
+    table = pd.DataFrame({"case_id": sorted(split), "split": [split[c] for c in sorted(split)]})
+    table["reports"] = [json.dumps(g.report.tolist()) for _, g in
+                        reps.groupby("case_id", sort=True)]
+    negs = dict(zip(neg.case_id.astype(str), neg.report))
+    table["hard_negative"] = [negs.get(c, "") for c in table.case_id]
+    train_texts = [r for c, g in reps.groupby("case_id") if split[str(c)] == "train" for r in g.report]
+    tok = text.train_tokenizer(train_texts, text_cfg.vocab_size, text_cfg.min_frequency)
+    text.save_tokenizer(tok, out / "tokenizer.json")
+    table.to_parquet(out / "reports.parquet", index=False)
+    stats = json.loads((out / "preprocess.json").read_text())
+    counts = {}
+    for s in ("train", "val", "test"):
+        texts = [r for c, g in reps.groupby("case_id") if split[str(c)] == s for r in g.report]
+        enc = text.encode(tok, texts, text_cfg.max_len) if texts else None
+        counts[s] = {"reports": len(texts), "truncated": len(enc.truncated) if enc else 0,
+                     "unknown_tokens": enc.unknown if enc else 0}
+        if enc and enc.truncated:
+            log.warning("%s: %d report(s) longer than text.max_len=%d tokens are truncated", s, len(enc.truncated),
+                        text_cfg.max_len)
+    stats["text"] = {"vocab_size": tok.vocab_size, "trained_on": "train split reports", "max_len": text_cfg.max_len,
+                     **counts, "hard_negatives": int((table.hard_negative != "").sum())}
+    (out / "preprocess.json").write_text(json.dumps(stats, indent=2))
+    msg = (f"preprocessed {len(index)} radiographs ({stats['computed']} computed, {stats['cached']} from cache), "
+           f"{len(reps)} reports; tokenizer of {tok.vocab_size} tokens from {len(train_texts)} training reports; "
+           f"{sum(c['truncated'] for c in counts.values())} report(s) truncated at {text_cfg.max_len} tokens")
+    return index, msg
+
+
+class VLDataset(torch.utils.data.Dataset):
+    """One split's ``(image, prompt_ids, prompt_mask, report_ids, report_mask, negative_ids, negative_mask,
+    triage)``. Training draws one of the case's reference reports per item (from torch's seeded generator,
+    so a resumed run draws the same); validation and test use the first. A case without a hard negative gets
+    the next case's report as its negative."""
+
+    def __init__(self, pre_dir: Path, index: pd.DataFrame, split: str | None, tok, *, max_len: int, prompt: str,
+                 prompt_len: int = 8, sample_reports: bool = False):
+        from medops.data.dataset import load_split
+        from medops.families.vl_fusion import text
+
+        rows, self.images, _ = load_split(pre_dir, index, split)
+        self.case_ids = rows.case_id.astype(str).tolist()
+        reps = pd.read_parquet(Path(pre_dir) / "reports.parquet").set_index("case_id")
+        self.reports = [json.loads(reps.loc[c, "reports"]) for c in self.case_ids]
+        self.labels = torch.tensor(rows.label_idx.to_numpy(np.int64))
+        self.sample = sample_reports
+        self.k = max(len(r) for r in self.reports) if self.reports else 1
+        enc = [text.encode(tok, [r[j % len(r)] for r in self.reports], max_len) for j in range(self.k)]
+        self.ids = torch.tensor(np.stack([e.ids for e in enc], 1))                # (N, k, L)
+        self.mask = torch.tensor(np.stack([e.mask for e in enc], 1))
+        self.truncated = sorted({i for e in enc for i in e.truncated})
+        negs = [reps.loc[c, "hard_negative"] or self.reports[(i + 1) % len(self.reports)][0]
+                for i, c in enumerate(self.case_ids)]
+        n = text.encode(tok, negs, max_len)
+        self.neg_ids, self.neg_mask = torch.tensor(n.ids), torch.tensor(n.mask)
+        p = text.encode(tok, [prompt], prompt_len, bos_eos=False)
+        self.prompt_ids, self.prompt_mask = torch.tensor(p.ids[0]), torch.tensor(p.mask[0])
+
+    def __len__(self):
+        return len(self.case_ids)
+
+    def __getitem__(self, i):
+        j = int(torch.randint(self.k, ())) if self.sample else 0
+        return (self.images[i].float(), self.prompt_ids, self.prompt_mask, self.ids[i, j], self.mask[i, j],
+                self.neg_ids[i], self.neg_mask[i], self.labels[i])
