@@ -95,3 +95,25 @@ def test_long_reports_are_truncated_and_counted(pre):
     tok = text.load_tokenizer(out / "tokenizer.json")
     ds = data.VLDataset(out, index, "val", tok, max_len=12, prompt="PA chest radiograph.")
     assert len(ds.truncated) == len(ds)                     # every report is longer than 10 tokens
+
+
+def test_evaluation_scores_every_task_on_the_same_test_images(pre, raw):
+    from medops.families.vl_fusion.evaluation import evaluate_vl
+    from medops.models import get_model
+
+    out, index, _ = pre
+    tok = text.load_tokenizer(out / "tokenizer.json")
+    ds = data.VLDataset(out, index, "test", tok, max_len=40, prompt="PA chest radiograph.")
+    states = {json.loads(line)["case_id"]: json.loads(line) for line in (raw / "findings.jsonl").read_text().splitlines()}
+    torch.manual_seed(0)
+    net = get_model("vl_fusion", vocab_size=tok.vocab_size, image_size=64, width=32, heads=4, max_len=40,
+                    block_config=(1, 1), growth_rate=8, init_features=16, embed_dim=16,
+                    text_config={"embedding_size": 16, "hidden_size": 32, "num_hidden_layers": 1,
+                                 "num_attention_heads": 4, "intermediate_size": 64})
+    res, table = evaluate_vl(net, ds, tok, [states[c] for c in ds.case_ids], max_len=12, progress=False, meteor=False)
+    n = len(ds)
+    assert res["n_test"] == n and len(table) == n
+    assert {"bleu4", "cider_d", "rouge_l"} <= set(res["caption"]) and "macro_f1" in res["clinical"]
+    assert {"i2t_r1", "t2i_r5", "hard_negative_accuracy"} <= set(res["matching"])
+    assert {"cider_d", "clinical_f1", "hard_negative_hit", "own_report_rank"} <= set(table.columns)
+    assert table.own_report_rank.between(0, n - 1).all()
