@@ -125,3 +125,28 @@ def test_a_lock_released_cleanly_is_not_reported_stale(tmp_path, monkeypatch, ca
     with locks.exclusive(target, "a cell"):
         pass
     assert "stale lock" in capsys.readouterr().err
+
+
+def test_the_server_does_not_outlive_the_process_that_started_it(tmp_path):
+    """`medops run` killed outright (SIGKILL) cannot stop its server: the server notices and exits."""
+    sock = tmp_path / "s.sock"
+    script = tmp_path / "starter.py"
+    script.write_text("import subprocess, sys, time\n"
+                      f"p = subprocess.Popen([sys.executable, '-c', {f'from medops.warm import serve; serve({str(sock)!r}, preload=())'!r}])\n"
+                      "print(p.pid, flush=True)\ntime.sleep(60)\n")
+    starter = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    server = int(starter.stdout.readline())
+    for _ in range(200):
+        if sock.exists():
+            break
+        time.sleep(0.05)
+    starter.kill()
+    starter.wait()
+    for _ in range(100):
+        if not Path(f"/proc/{server}").exists() or "Z" in Path(f"/proc/{server}/stat").read_text().split()[2]:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(server, signal.SIGKILL)
+        pytest.fail("the warm server outlived its parent")
+    assert not sock.exists()

@@ -158,8 +158,8 @@ def _child(conn: socket.socket, req: dict, fds: list[int]) -> None:
 
 
 def serve(path: str, *, preload: tuple[str, ...] = PRELOAD, idle_s: float = 0) -> None:
-    """Import ``preload``, listen on the Unix socket ``path`` and fork a child per request until killed
-    (or, with ``idle_s``, until that long without a request)."""
+    """Import ``preload``, listen on the Unix socket ``path`` and fork a child per request until killed, until
+    the process that started it has gone, or (with ``idle_s``) until that long without a request."""
     t0 = time.perf_counter()
     # ask the CUDA driver nothing before the fork (a child cannot use CUDA initialised in its parent):
     # torch's availability check through NVML does not initialise it
@@ -175,8 +175,8 @@ def serve(path: str, *, preload: tuple[str, ...] = PRELOAD, idle_s: float = 0) -
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(str(sock_path))
     srv.listen(16)
-    if idle_s:
-        srv.settimeout(idle_s)
+    srv.settimeout(1.0)
+    parent, last = os.getppid(), time.monotonic()
     print(f"medops warm server: {len(preload)} libraries imported in {time.perf_counter() - t0:.1f} s, "
           f"listening on {sock_path}", file=sys.stderr, flush=True)
     try:
@@ -184,7 +184,11 @@ def serve(path: str, *, preload: tuple[str, ...] = PRELOAD, idle_s: float = 0) -
             try:
                 conn, _ = srv.accept()
             except socket.timeout:
-                break
+                # the process that started it is gone (`medops run` killed outright): do not linger
+                if os.getppid() != parent or (idle_s and time.monotonic() - last > idle_s):
+                    break
+                continue
+            last = time.monotonic()
             try:
                 conn.settimeout(30)
                 head, fds, _flags, _addr = socket.recv_fds(conn, _HDR.size, 3)
