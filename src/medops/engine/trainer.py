@@ -460,8 +460,9 @@ class Trainer:
             if self.logger is not None:
                 self.logger.log_metrics({k: v for k, v in rec.items() if k != "epoch"}, step=epoch + 1)
             if self.progress:
+                shown = f"  {task.monitor} {metric:.4f}" if task.monitor != "val_loss" else ""
                 tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  train_loss {train_loss:.4f}  "
-                           f"val_loss {rec.get('val_loss', float('nan')):.4f}  {task.monitor} {metric:.4f}")
+                           f"val_loss {rec.get('val_loss', float('nan')):.4f}{shown}")
             self._emit("epoch_end", rec)
             stop = self._stop_together(self._should_stop())
             barrier()
