@@ -18,10 +18,23 @@ BUILD = {"transfer_cls": ({"backbone": "resnet50", "num_classes": 2}, (2, 3, 32,
          "monai_resnet3d": ({"scale": 16, "widths": (4, 8, 8, 16)}, CUBE, (2, 2)),
          "monai_densenet3d": ({"scale": 16, "init_features": 4, "growth_rate": 4, "block_config": (1, 1, 1)}, CUBE,
                               (2, 2))}
+# vision-language models (paper 003): (image, prompt ids, prompt mask, report ids) in, (triage logits, next-word
+# logits) out
+SMALL_VL = {"vocab_size": 20, "image_size": 32, "width": 16, "heads": 2, "max_len": 8, "block_config": (1, 1),
+            "growth_rate": 4, "init_features": 8, "embed_dim": 8,
+            "text_config": {"embedding_size": 8, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                            "intermediate_size": 16}}
+VL_INPUTS = lambda: (torch.rand(2, 1, 32, 32), torch.randint(3, 20, (2, 3)), torch.ones(2, 3, dtype=torch.long),  # noqa: E731
+                     torch.randint(3, 20, (2, 6)))
+BUILD_VL = {"vl_fusion": SMALL_VL, "vl_lstm_attention": SMALL_VL}
 
 
 @pytest.mark.parametrize("name", list_models())
 def test_registered_models_build_and_run(name):
+    if name in BUILD_VL:
+        triage, words = get_model(name, **BUILD_VL[name])(*VL_INPUTS())
+        assert triage.shape == (2, 3) and words.shape == (2, 5, 20)
+        return
     kwargs, x, shape = BUILD.get(name, ({"channels": (4, 8, 16)}, (2, 3, 32, 32), (2, 1, 32, 32)))
     net = get_model(name, **kwargs)
     y = net(torch.rand(*x))
