@@ -88,14 +88,15 @@ def preprocess_vl(root: Path, out: Path, image_cfg, text_cfg, *, split_fractions
                         reps.groupby("case_id", sort=True)]
     negs = dict(zip(neg.case_id.astype(str), neg.report))
     table["hard_negative"] = [negs.get(c, "") for c in table.case_id]
-    train_texts = [r for c, g in reps.groupby("case_id") if split[str(c)] == "train" for r in g.report]
+    reps["split"] = reps.case_id.astype(str).map(split)
+    train_texts = reps.report[reps.split == "train"].tolist()
     tok = text.train_tokenizer(train_texts, text_cfg.vocab_size, text_cfg.min_frequency)
     text.save_tokenizer(tok, out / "tokenizer.json")
     table.to_parquet(out / "reports.parquet", index=False)
     stats = json.loads((out / "preprocess.json").read_text())
     counts = {}
     for s in ("train", "val", "test"):
-        texts = [r for c, g in reps.groupby("case_id") if split[str(c)] == s for r in g.report]
+        texts = reps.report[reps.split == s].tolist()
         enc = text.encode(tok, texts, text_cfg.max_len) if texts else None
         counts[s] = {"reports": len(texts), "truncated": len(enc.truncated) if enc else 0,
                      "unknown_tokens": enc.unknown if enc else 0}

@@ -17,7 +17,6 @@ ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz.,;:()-/%"   # always in the voc
 def train_tokenizer(texts, vocab_size: int = 1000, min_frequency: int = 1):
     """A lower-casing WordPiece tokenizer over ``texts`` (the training reports; never validation or test)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     texts = [t for t in texts if t and t.strip()]
     if not texts:
