@@ -278,6 +278,7 @@ class PromoteConfig:
     floor: float = 0.5
     alpha: float = 0.05
     require_converged: bool = True        # a challenger from a cell that never plateaued is not promoted
+    floors: dict = field(default_factory=dict)   # more test metrics with a minimum, e.g. {clinical_f1: 0.3}
 
 
 

@@ -360,32 +360,37 @@ def read_findings(report: str) -> dict:
         m = re.search(r"\b(bilateral|right|left)\b", s)
         return m.group(1) if m else None
 
+    def grab(pattern, s, conv=str):
+        m = re.search(pattern, s)
+        return conv(m.group(1)) if m else None
+
     def lobe_of(s):
         if "lingula" in s:
             return "left", "lingula"
         m = re.search(r"\b(right|left) (upper|middle|lower) lobe", s)
-        return m.group(1), m.group(2)
+        return (m.group(1), m.group(2)) if m else (side_of(s), None)
 
+    # a generated report may state a finding without an attribute: the finding counts, the attribute is None
     for s in _sentences(report.split("IMPRESSION:")[0].lower()):
         if s.startswith("no ") or "within normal limits" in s or " is normal" in s or s.startswith("there is no"):
             continue
         if "cardiothoracic ratio" in s:
-            out["cardiomegaly"] = {"ctr": float(re.search(r"ratio (\d\.\d+)", s).group(1))}
+            out["cardiomegaly"] = {"ctr": grab(r"ratio (\d\.\d+)", s, float)}
         elif "pleural effusion" in s or "pleural fluid" in s:
-            out["effusion"] = {"side": side_of(s), "size": re.search(r"\b(small|moderate|large)\b", s).group(1)}
+            out["effusion"] = {"side": side_of(s), "size": grab(r"\b(small|moderate|large)\b", s)}
         elif "pneumothorax" in s:
-            out["pneumothorax"] = {"side": side_of(s), "size": re.search(r"\b(small|large)\b", s).group(1)}
+            out["pneumothorax"] = {"side": side_of(s), "size": grab(r"\b(small|large)\b", s)}
         elif "consolidation" in s:
             sd, lb = lobe_of(s)
             out["consolidation"] = {"side": sd, "lobe": lb}
         elif re.search(r"\b(nodule|mass)\b", s):
-            out["nodule"] = {"side": side_of(s), "zone": re.search(r"\b(upper|mid|lower) zone", s).group(1),
-                             "diameter_mm": int(re.search(r"(\d+) mm", s).group(1))}
+            out["nodule"] = {"side": side_of(s), "zone": grab(r"\b(upper|mid|lower) zone", s),
+                             "diameter_mm": grab(r"(\d+) mm", s, int)}
         elif "atelectasis" in s:
             sd, lb = lobe_of(s)
             out["atelectasis"] = {"side": sd, "lobe": lb}
         elif "oedema" in s:
-            out["oedema"] = {"severity": re.search(r"\b(mild|moderate|severe)\b", s).group(1)}
+            out["oedema"] = {"severity": grab(r"\b(mild|moderate|severe)\b", s)}
     return out
 
 

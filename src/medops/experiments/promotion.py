@@ -31,16 +31,19 @@ def select_candidate(cells: pd.DataFrame, by: str = "selection") -> pd.Series:
 
 def evaluate_gates(*, validation: str, test_mean: float, floor: float, metric: str,
                    candidate_cases, champion_cases, alpha: float, compare=None,
-                   converged: tuple[bool, str] | None = None) -> list[Gate]:
+                   converged: tuple[bool, str] | None = None, more_floors: dict | None = None) -> list[Gate]:
     """Gates: validated data, test metric above the floor, the candidate's training converged (when
     ``converged`` is given: promote.require_converged), and (when there is a champion) a
     one-sided paired test on the same test cases. ``compare(candidate, champion)`` returns the
     test's dict (n, mean_diff, p, test) or None when the cases differ; default: paired Wilcoxon
-    on per-case Series."""
+    on per-case Series. ``more_floors``: metric -> (candidate's test value, floor), one gate each."""
     gates = [Gate("data_validated", validation == "passed",
                   "its dataset passed validation" if validation == "passed"
                   else f"its dataset did not pass validation (validation={validation})"),
              Gate("metric_floor", test_mean >= floor, f"test {metric} {test_mean:.4f} {'≥' if test_mean >= floor else '<'} floor {floor}")]
+    for m, (value, fl) in (more_floors or {}).items():
+        ok = value == value and value >= fl
+        gates.append(Gate(f"floor_{m}", ok, f"test {m} {value:.4f} {'≥' if ok else '<'} floor {fl}"))
     if converged is not None:  # (converged, reason): a model from a run still improving at its budget's end
         gates.append(Gate("converged", converged[0], converged[1]))
     if champion_cases is None:

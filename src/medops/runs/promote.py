@@ -106,7 +106,8 @@ def _gates(cfg, fam, cand, tags: dict, champion: str | None):
             f"ran its whole {epochs}-epoch budget without a plateau (not converged)"))
     return evaluate_gates(validation=tags.get("validation", "unknown"), test_mean=float(cand[f"test_{pc.metric}"]),
                           floor=pc.floor, metric=pc.metric, candidate_cases=cand_cases, champion_cases=champ_cases,
-                          alpha=pc.alpha, compare=lambda a, b: fam.compare(a, b, pc.metric), converged=conv)
+                          alpha=pc.alpha, compare=lambda a, b: fam.compare(a, b, pc.metric), converged=conv,
+                          more_floors={m: (float(cand.get(f"test_{m}", float("nan"))), float(fl)) for m, fl in pc.floors.items()})
 
 
 def _table_row(family: str, cell: str) -> dict | None:

@@ -88,6 +88,7 @@ def preprocess_vl(root: Path, out: Path, image_cfg, text_cfg, *, split_fractions
                         reps.groupby("case_id", sort=True)]
     negs = dict(zip(neg.case_id.astype(str), neg.report))
     table["hard_negative"] = [negs.get(c, "") for c in table.case_id]
+    table["findings"] = [json.dumps(s) for s in true_findings(root, table)]
     reps["split"] = reps.case_id.astype(str).map(split)
     train_texts = reps.report[reps.split == "train"].tolist()
     tok = text.train_tokenizer(train_texts, text_cfg.vocab_size, text_cfg.min_frequency)
@@ -112,6 +113,19 @@ def preprocess_vl(root: Path, out: Path, image_cfg, text_cfg, *, split_fractions
     return index, msg
 
 
+def true_findings(root: Path, table: pd.DataFrame) -> list[dict]:
+    """Each case's true findings for the clinical scores: the simulator's hidden state (``findings.jsonl``)
+    when there is one, else what the labeller reads from the case's first reference report."""
+    from medops.data.cxr_sim import FINDINGS, read_findings
+
+    states = {}
+    if (Path(root) / "findings.jsonl").exists():
+        for line in (Path(root) / "findings.jsonl").read_text().splitlines():
+            s = json.loads(line)
+            states[str(s["case_id"])] = {f: s.get(f) for f in FINDINGS}
+    return [states.get(c) or read_findings(json.loads(r)[0]) for c, r in zip(table.case_id, table.reports)]
+
+
 class VLDataset(torch.utils.data.Dataset):
     """One split's ``(image, prompt_ids, prompt_mask, report_ids, report_mask, negative_ids, negative_mask,
     triage)``. Training draws one of the case's reference reports per item (from torch's seeded generator,
@@ -124,9 +138,11 @@ class VLDataset(torch.utils.data.Dataset):
         from medops.families.vl_fusion import text
 
         rows, self.images, _ = load_split(pre_dir, index, split)
+        self.pre_dir = Path(pre_dir)
         self.case_ids = rows.case_id.astype(str).tolist()
         reps = pd.read_parquet(Path(pre_dir) / "reports.parquet").set_index("case_id")
         self.reports = [json.loads(reps.loc[c, "reports"]) for c in self.case_ids]
+        self.states = [json.loads(reps.loc[c, "findings"]) if "findings" in reps else None for c in self.case_ids]
         self.labels = torch.tensor(rows.label_idx.to_numpy(np.int64))
         self.sample = sample_reports
         self.k = max(len(r) for r in self.reports) if self.reports else 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from medops.families.vl_fusion import metrics, text
@@ -64,3 +65,110 @@ def evaluate_vl(net, ds, tok, states: list[dict], *, beam: int = 1, max_len: int
         table["hard_negative_hit"] = hit
         table["own_report_rank"] = (dist < np.diag(dist)[:, None]).sum(1)
     return res, table
+
+
+def flat_metrics(res: dict) -> dict:
+    """The nested result of :func:`evaluate_vl` as one level of named metrics (MLflow, status.json)."""
+    m = dict(res["caption"])
+    m["clinical_f1"] = res["clinical"]["macro_f1"]
+    m.update({f"triage_{k}": v for k, v in res["triage"].items()})
+    m.update(res.get("matching", {}))
+    return m
+
+
+def retrieval_baseline(train_ds, test_ds, states: list[dict], *, size: int = 32, meteor: bool | None = None):
+    """Nearest-neighbour report retrieval, the classic captioning baseline: each test radiograph gets the first
+    report (and the triage class) of the most similar training radiograph (cosine of downsampled pixels)."""
+    def feats(imgs):
+        x = F.adaptive_avg_pool2d(imgs.float()[:, :1], size).flatten(1)
+        x = x - x.mean(1, keepdim=True)
+        return F.normalize(x, dim=1)
+
+    nn_idx = (feats(test_ds.images) @ feats(train_ds.images).T).argmax(1).numpy()
+    gen = [train_ds.reports[j][0] for j in nn_idx]
+    labels = test_ds.labels.numpy()
+    probs = np.eye(3)[train_ds.labels.numpy()[nn_idx]]
+    corpus, per = metrics.caption_scores(dict(enumerate(test_ds.reports)), dict(enumerate(gen)), meteor=meteor)
+    clin, clin_case = metrics.clinical_scores(gen, states)
+    res = {"caption": corpus, "clinical": clin, "triage": metrics.triage_scores(probs, labels)}
+    table = pd.DataFrame({"case_id": test_ds.case_ids, "generated": gen, "clinical_f1": clin_case, **per})
+    return res, table
+
+
+@torch.no_grad()
+def attention_maps(net, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> np.ndarray | None:
+    """Where the report's words look in the image: the text-to-image cross-attention of the last layer,
+    averaged over heads and words, as an (N, side, side) map; None for a model without cross-attention."""
+    if getattr(net, "fusion", "") != "cross":
+        return None
+    net.eval()
+    net.fuse(net.encode_image(images), ids, mask)
+    w = net.last_attention.float()                                     # (N, words, image tokens)
+    keep = mask.unsqueeze(-1).float()
+    a = (w * keep).sum(1) / keep.sum(1).clamp_min(1)
+    side = int(round(a.shape[1] ** 0.5))
+    return a.reshape(-1, side, side).cpu().numpy()
+
+
+def attention_figure(images, maps, titles: list[str], path, *, suptitle: str = "") -> None:
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    fig, axes = plt.subplots(1, n, figsize=(3.3 * n, 4.2), squeeze=False)
+    for ax, img, m, t in zip(axes[0], images, maps, titles):
+        img = np.asarray(img, float)
+        ax.imshow(img, cmap="gray")
+        up = np.kron(m, np.ones((img.shape[0] // m.shape[0], img.shape[1] // m.shape[1])))
+        ax.imshow(up / max(up.max(), 1e-9), cmap="jet", alpha=0.35, extent=(0, img.shape[1], img.shape[0], 0))
+        ax.set_title("\n".join(textwrap.wrap(t, 40)[:6]), fontsize=6)
+        ax.axis("off")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def evaluate_main(net, train_ds, test_ds, tok, out, *, history_csv, ecfg, progress: bool = True) -> dict:
+    """``medops evaluate``: every task on the test split, the retrieval baseline on the same images, loss
+    curves, cross-attention maps, and generated reports beside their references (``examples.md``)."""
+    import json
+    from pathlib import Path
+
+    from medops.evaluation.figures import loss_curves
+
+    out = Path(out)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    res, table = evaluate_vl(net, test_ds, tok, test_ds.states, beam=ecfg.beam, max_len=ecfg.max_len,
+                             progress=progress)
+    base, btable = retrieval_baseline(train_ds, test_ds, test_ds.states)
+    table = table.merge(btable.add_prefix("baseline_").rename(columns={"baseline_case_id": "case_id"}), on="case_id")
+    table.to_csv(out / "per_case.csv", index=False)
+    metrics_ = {"model": flat_metrics(res), "baseline": flat_metrics(base), "n_test_cases": len(test_ds),
+                "beam": ecfg.beam, "clinical_per_finding": res["clinical"], "baseline_name": "nearest-neighbour retrieval",
+                "mean_generated_tokens": res["mean_generated_tokens"]}
+    (out / "metrics.json").write_text(json.dumps(metrics_, indent=2, default=float))
+    if Path(history_csv).exists():
+        loss_curves(pd.read_csv(history_csv), out / "figures" / "loss_curves.png")
+    k = min(ecfg.attention_figure_cases, len(test_ds))
+    if k:
+        idx = list(range(k))
+        imgs = torch.stack([test_ds.images[i].float() for i in idx])
+        maps = attention_maps(net, imgs, test_ds.ids[idx, 0], test_ds.mask[idx, 0])
+        if maps is not None:
+            attention_figure([imgs[i, 0].numpy() for i in range(k)], maps,
+                             [f"{test_ds.case_ids[i]}: {table.generated.iloc[i]}" for i in idx],
+                             out / "figures" / "cross_attention.png",
+                             suptitle="where the reference report's words look (text-to-image cross-attention); "
+                                      "titles: generated reports")
+    lines = ["# Generated reports beside their references (test split)", ""]
+    for i in range(min(10, len(test_ds))):
+        lines += [f"## {test_ds.case_ids[i]}", "", f"- generated: {table.generated.iloc[i]}",
+                  f"- reference: {test_ds.reports[i][0]}", f"- retrieval baseline: {table.baseline_generated.iloc[i]}", ""]
+    (out / "examples.md").write_text("\n".join(lines))
+    return metrics_

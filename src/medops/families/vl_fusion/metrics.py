@@ -109,6 +109,8 @@ def triage_scores(probs: np.ndarray, labels: np.ndarray) -> dict:
 def _same(a: dict | None, b: dict | None) -> bool:
     if not a or not b:
         return False
+    if any(v is None for v in a.values()):             # an attribute the report did not state is not right
+        return False
     if "ctr" in a:                                     # cardiomegaly: the stated ratio within 0.03
         return abs(a["ctr"] - b["ctr"]) <= 0.03
     if "diameter_mm" in a:

@@ -150,14 +150,36 @@ def _pool(x: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
     return (x * keep).sum(1) / keep.sum(1).clamp_min(1.0)
 
 
-class VLFusion(nn.Module):
+def _prompt_buffer(net: nn.Module, prompt_len: int) -> None:
+    """The fixed prompt's token ids, stored with the weights (a registered model is served from the image
+    alone); the family writes them once the tokenizer exists (:meth:`set_prompt`)."""
+    net.register_buffer("prompt", torch.zeros(prompt_len, dtype=torch.long))
+
+
+class _Prompted:
+    def set_prompt(self, ids) -> None:
+        """Store the prompt's token ids (padded or cut to the buffer's length) with the weights."""
+        ids = torch.as_tensor(list(ids), dtype=torch.long)[:self.prompt.numel()]
+        self.prompt.zero_()
+        self.prompt[:len(ids)] = ids
+
+
+def _prompt(net, image, ids, mask):
+    if ids is not None:
+        return ids, mask
+    ids = net.prompt.to(image.device).expand(image.shape[0], -1)
+    return ids, (ids != net.pad_id).long()
+
+
+class VLFusion(_Prompted, nn.Module):
     """The family's model; :meth:`fuse` gives the fused tokens of (image, text), the heads read them."""
 
     def __init__(self, vocab_size: int, *, image_size: int = 128, width: int = 128, heads: int = 4,
                  cross_layers: int = 1, decoder_layers: int = 2, fusion: str = "cross", use_cbam: bool = True,
                  text_encoder: str = "albert", text_config: dict | None = None, max_len: int = 64,
                  block_config=(6, 12, 24, 16), growth_rate: int = 32, init_features: int = 64,
-                 embed_dim: int = 64, dropout: float = 0.1, pad_id: int = 0, bos_id: int = 1, eos_id: int = 2):
+                 embed_dim: int = 64, dropout: float = 0.1, pad_id: int = 0, bos_id: int = 1, eos_id: int = 2,
+                 prompt_len: int = 8):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion {fusion!r}: use one of {FUSIONS}")
@@ -186,8 +208,12 @@ class VLFusion(nn.Module):
         layer = nn.TransformerDecoderLayer(width, heads, 4 * width, dropout, batch_first=True, norm_first=True)
         self.decoder = nn.TransformerDecoder(layer, decoder_layers)
         self.lm_head = nn.Linear(width, vocab_size, bias=False)
+        nn.init.normal_(self.embed.weight, std=width ** -0.5)   # tied: N(0, 1) would give logits of std sqrt(width)
+        with torch.no_grad():
+            self.embed.weight[pad_id].zero_()
         self.lm_head.weight = self.embed.weight              # tied input/output embeddings
         self.last_attention = None
+        _prompt_buffer(self, prompt_len)
 
     # ------------------------------------------------------------------ fusion
     def encode_image(self, image: torch.Tensor) -> torch.Tensor | None:
@@ -239,17 +265,22 @@ class VLFusion(nn.Module):
         h = self.decoder(x, memory, tgt_mask=causal, tgt_is_causal=True, tgt_key_padding_mask=prefix == self.pad_id)
         return self.lm_head(h)
 
-    def forward(self, image, prompt_ids, prompt_mask, target_ids):
-        """Teacher forcing: triage logits and next-word logits for ``target_ids`` (BOS ... EOS, padded)."""
+    def forward(self, image, prompt_ids=None, prompt_mask=None, target_ids=None):
+        """Teacher forcing: triage logits and next-word logits for ``target_ids`` (BOS ... EOS, padded). With
+        the image alone (a served model): the triage logits, with the stored prompt."""
+        prompt_ids, prompt_mask = _prompt(self, image, prompt_ids, prompt_mask)
         fused, _, _ = self.fuse(self.encode_image(image), prompt_ids, prompt_mask)
+        if target_ids is None:
+            return self.triage_logits(fused)
         return self.triage_logits(fused), self.decode(fused, target_ids[:, :-1])
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
-    def generate(self, image, prompt_ids, prompt_mask, *, max_len: int | None = None, beam: int = 1,
+    def generate(self, image, prompt_ids=None, prompt_mask=None, *, max_len: int | None = None, beam: int = 1,
                  length_penalty: float = 1.0) -> list[list[int]]:
         """Greedy (``beam`` 1) or beam-search report tokens per image (BOS/EOS stripped)."""
         max_len = min(max_len or self.max_len, self.max_len)
+        prompt_ids, prompt_mask = _prompt(self, image, prompt_ids, prompt_mask)
         fused, _, _ = self.fuse(self.encode_image(image), prompt_ids, prompt_mask)
         return [self._beam(fused[i:i + 1], max_len, beam, length_penalty) for i in range(fused.shape[0])]
 
@@ -281,15 +312,17 @@ class VLFusion(nn.Module):
         return [w for w in best[1:] if w != self.eos_id]
 
 
-class LSTMAttention(nn.Module):
+class LSTMAttention(_Prompted, nn.Module):
     """Soft-attention LSTM captioner (Xu et al., Show, Attend and Tell, 2015): the paper's "LSTM-Attention"
     baseline. Same image encoder and interface as :class:`VLFusion` (no text encoder, no matching)."""
 
     def __init__(self, vocab_size: int, *, image_size: int = 128, width: int = 128, max_len: int = 64,
                  block_config=(6, 12, 24, 16), growth_rate: int = 32, init_features: int = 64, use_cbam: bool = False,
-                 dropout: float = 0.1, pad_id: int = 0, bos_id: int = 1, eos_id: int = 2, **_ignored):
+                 dropout: float = 0.1, pad_id: int = 0, bos_id: int = 1, eos_id: int = 2, prompt_len: int = 8,
+                 **_ignored):
         super().__init__()
         self.fusion, self.max_len = "lstm", max_len
+        _prompt_buffer(self, prompt_len)
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
         self.image = ImageEncoder(width, image_size, block_config, growth_rate, init_features, use_cbam)
         self.embed = nn.Embedding(vocab_size, width, padding_idx=pad_id)
@@ -315,8 +348,10 @@ class LSTMAttention(nn.Module):
             outs.append(o)
         return torch.stack(outs, 1)
 
-    def forward(self, image, prompt_ids, prompt_mask, target_ids):
+    def forward(self, image, prompt_ids=None, prompt_mask=None, target_ids=None):
         v = self.image(image)
+        if target_ids is None:
+            return self.triage(v.mean(1))
         return self.triage(v.mean(1)), self.decode(v, target_ids[:, :-1])
 
     @torch.no_grad()

@@ -1,0 +1,262 @@
+"""The `vl_fusion` family: paper 003's cross-attention vision-language fusion on chest radiographs and their
+reports — report generation, image-report matching and 3-class triage."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from medops.errors import ConfigError, MedopsError
+from medops.families.base import Family, register_family
+from medops.families.vl_fusion.config import TRUNKS, CxrReportsConfig, VLFusionConfig, VLPreprocessConfig
+
+METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider_d", "clinical_f1", "triage_accuracy",
+           "triage_macro_f1", "triage_auc", "i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5", "hard_negative_accuracy")
+TRIAGE = ("normal", "non_urgent", "urgent")
+
+
+def check_reports(root: Path, manifest) -> list[str]:
+    """The validation gate's text rules: reports.csv (and hard_negatives.csv) readable as UTF-8 with the
+    required columns and no empty report, and every image paired with a report and every report with an image."""
+    from medops.families.vl_fusion.data import check_pairs, read_reports
+
+    root = Path(root)
+    try:
+        reps = read_reports(root / "reports.csv")
+        check_pairs(reps, manifest.case_id.astype(str).unique(), root / "reports.csv")
+        if (root / "hard_negatives.csv").exists():
+            read_reports(root / "hard_negatives.csv", what="hard_negatives.csv")
+    except MedopsError as exc:
+        return [f"reports: {exc}"]
+    return []
+
+
+def _validation_spec():
+    from medops.validation.gate import LABELLED_IMAGES
+
+    return dataclasses.replace(LABELLED_IMAGES, extra_checks=check_reports,
+                               extra_files=lambda root: [f for f in ("reports.csv", "hard_negatives.csv")
+                                                         if (Path(root) / f).exists()])
+
+
+def model_kwargs(m, *, vocab_size: int, image_size: int, max_len: int) -> dict:
+    """Registered-model keyword arguments of a model config (the trunk named in params)."""
+    blocks, growth, init = TRUNKS.get(m.trunk, (tuple(m.small_blocks), m.small_growth, 2 * m.small_growth))
+    kw = {"vocab_size": vocab_size, "image_size": image_size, "width": m.width, "max_len": max_len,
+          "block_config": tuple(blocks), "growth_rate": growth, "init_features": init, "use_cbam": m.use_cbam,
+          "dropout": m.dropout, "prompt_len": m.prompt_len}
+    if m.arch == "vl_fusion":
+        kw.update(heads=m.heads, cross_layers=m.cross_layers, decoder_layers=m.decoder_layers, fusion=m.fusion,
+                  text_encoder=m.text_encoder, text_config=dict(m.albert), embed_dim=m.embed_dim)
+    return kw
+
+
+@register_family
+class VLFusion(Family):
+    """DenseNet + CBAM image tokens, ALBERT text tokens, bidirectional cross-attention fused by concatenation and a
+    linear layer; heads for triage (Eq. 1), matching (Eq. 2) and report generation (Eq. 3), loss Eq. 4, lr rule
+    Eq. 5; baselines LSTM-Attention and an early-fusion transformer (M4C stand-in)."""
+
+    name = "vl_fusion"
+    config_class = VLFusionConfig
+    sections = {"cxr_reports": CxrReportsConfig, "preprocess_vl": VLPreprocessConfig}
+    datasets = ("cxr-reports",)
+    metrics = METRICS
+    selection = "val_token_accuracy"
+    data_description = "PA chest radiographs with their reports (simulated from one hidden state of findings)"
+    limitations = (
+        "Radiographs and reports are simulated from one hidden state of findings with a fixed phrasebook: the "
+        "vocabulary and sentence forms of real reports are far richer. Performance on real radiographs is unknown.",
+        "Clinical correctness is scored by a rule-based labeller that knows the simulator's phrasing; on reports "
+        "written by people it misses findings phrased otherwise.",
+        "Generated reports are drafts for research; they are not diagnoses and were never read by a radiologist.",
+        "Confidence intervals are over few seeds (t-interval); per-image tests assume independent images.")
+
+    def check_config(self, fcfg) -> None:
+        m = fcfg.model
+        if m.width % m.heads:
+            raise ConfigError("params.yaml:vl_fusion.model.heads", f"width {m.width} is not divisible by {m.heads} heads",
+                              "choose heads that divide width, e.g. 4 for width 128")
+
+    def _pcfg(self):
+        return self.cfg.preprocess_vl if self.cfg is not None else VLPreprocessConfig()
+
+    def _pre(self, fcfg) -> Path:
+        from medops import layout
+
+        return layout.preprocessed_dir(self.default_dataset(fcfg))
+
+    def _tokenizer(self, fcfg):
+        from medops.families.vl_fusion import text
+
+        return text.load_tokenizer(self._pre(fcfg) / "tokenizer.json")
+
+    # data
+    def default_dataset(self, fcfg) -> str:
+        return fcfg.dataset
+
+    def generate(self, cfg, dataset, out):
+        from medops.data import cxr_sim
+
+        c = cfg.cxr_reports
+        return cxr_sim.generate(c.n_cases, c.size, c.seed, cfg.split, out, prevalence=dict(c.prevalence) or None,
+                                n_reports=c.reports_per_image, workers=c.workers)
+
+    def contact_sheet(self, cfg, dataset, root, png):
+        from medops.data import cxr_sim
+
+        cxr_sim.contact_sheet(root, png)
+
+    def validation_spec(self, cfg, root, dataset):
+        return _validation_spec()
+
+    def preprocess(self, cfg, root, out):
+        from medops.families.vl_fusion.data import preprocess_vl
+
+        pc = cfg.preprocess_vl
+        return preprocess_vl(root, out, pc, pc, split_fractions=cfg.split.fractions, split_seed=cfg.split.seed)
+
+    # model and training
+    def build_model(self, fcfg, model_cfg, index, *, start_weights=True):
+        from medops.families.vl_fusion import text
+        from medops.models import get_model
+
+        tok = self._tokenizer(fcfg)
+        pc = self._pcfg()
+        m = model_cfg
+        net = get_model(m.arch, **model_kwargs(m, vocab_size=len(tok), image_size=pc.image_size,
+                                               max_len=max(pc.max_len, self.cfg.family(self.name).evaluate.max_len
+                                                           if self.cfg is not None else pc.max_len)))
+        net.set_prompt(text.encode(tok, [m.prompt], m.prompt_len, bos_eos=False).ids[0])
+        if start_weights and m.trunk_weights == "imagenet" and m.trunk == "densenet121":
+            self._load_imagenet_trunk(net)
+        return net
+
+    @staticmethod
+    def _load_imagenet_trunk(net) -> None:
+        """torchvision's ImageNet DenseNet121 from the local torch cache when it is there (never downloaded);
+        without it the trunk starts from random weights, which the run's tags record."""
+        import torch
+        import torchvision
+
+        w = torchvision.models.DenseNet121_Weights.IMAGENET1K_V1
+        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(w.url).name
+        net.trunk_weights = "random (no ImageNet DenseNet121 in the local torch cache)"
+        if path.exists():
+            import re
+
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            pat = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:weight|bias|running_mean|running_var))$")
+            state = {pat.sub(r"\1\2", k): v for k, v in state.items()}   # torchvision's old key names
+            feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+            net.image.features.load_state_dict(feats)
+            net.trunk_weights = f"ImageNet ({path.name})"
+
+    def training_datasets(self, fcfg, pre, index):
+        from medops.families.vl_fusion.data import VLDataset
+
+        tok, pc, m = self._tokenizer(fcfg), self._pcfg(), fcfg.model
+        kw = dict(max_len=pc.max_len, prompt=m.prompt, prompt_len=m.prompt_len)
+        return (VLDataset(pre, index, "train", tok, sample_reports=True, **kw), VLDataset(pre, index, "val", tok, **kw))
+
+    def task(self, net, train_cfg, train_ds):
+        from medops.families.vl_fusion.task import VLFusionTask
+
+        lc = (self.cfg.family(self.name) if self.cfg is not None else VLFusionConfig()).loss
+        return VLFusionTask(net, train_cfg, lambdas=(lc.lambda_ce, lc.lambda_cl, lc.lambda_seq), margin=lc.margin)
+
+    def run_tags(self, index, train_ds, task):
+        from medops.data.io import file_sha256
+
+        tok = train_ds.pre_dir / "tokenizer.json"
+        return {"classes": json.dumps(list(TRIAGE)), "task": "report generation, image-report matching, triage",
+                "tokenizer_sha256": file_sha256(tok), "trunk_weights": str(getattr(task.net, "trunk_weights", "random")),
+                "matching_loss": str(task.can_match and task.l_cl > 0)}
+
+    def after_training(self, net, val_ds, out):
+        return [(val_ds.pre_dir / "tokenizer.json", "tokenizer")]
+
+    def activation(self):
+        import torch
+
+        return torch.nn.Softmax(dim=1)
+
+    # evaluation
+    def _test(self, fcfg, pre, index):
+        from medops.families.vl_fusion.data import VLDataset
+
+        tok, pc, m = self._tokenizer(fcfg), self._pcfg(), fcfg.model
+        kw = dict(max_len=pc.max_len, prompt=m.prompt, prompt_len=m.prompt_len)
+        return tok, VLDataset(pre, index, "test", tok, **kw), kw
+
+    def evaluate(self, net, pre, index, out, *, history_csv, fcfg, model_cfg):
+        from medops.families.vl_fusion.data import VLDataset
+        from medops.families.vl_fusion.evaluation import evaluate_main
+
+        tok, test_ds, kw = self._test(fcfg, pre, index)
+        return evaluate_main(net, VLDataset(pre, index, "train", tok, **kw), test_ds, tok, out,
+                             history_csv=history_csv, ecfg=fcfg.evaluate)
+
+    def evaluate_cell(self, net, pre, index, out, *, fcfg, model_cfg):
+        from medops.families.vl_fusion.evaluation import evaluate_vl, flat_metrics
+
+        tok, test_ds, _ = self._test(fcfg, pre, index)
+        res, table = evaluate_vl(net, test_ds, tok, test_ds.states, beam=fcfg.evaluate.beam,
+                                 max_len=fcfg.evaluate.max_len)
+        table.to_csv(Path(out) / "per_case.csv", index=False)
+        return {"full": flat_metrics(res)}
+
+    def format_table(self, metrics):
+        m, b = metrics["model"], metrics["baseline"]
+        rows = [("BLEU-1", "bleu1"), ("BLEU-4", "bleu4"), ("METEOR", "meteor"), ("ROUGE-L", "rouge_l"),
+                ("CIDEr-D", "cider_d"), ("clinical F1", "clinical_f1"), ("triage accuracy", "triage_accuracy"),
+                ("triage macro-F1", "triage_macro_f1"), ("triage AUC", "triage_auc"), ("R@1 image->report", "i2t_r1"),
+                ("R@5 image->report", "i2t_r5"), ("hard-negative accuracy", "hard_negative_accuracy")]
+        f = lambda d, k: "—" if d.get(k, float("nan")) != d.get(k, float("nan")) else f"{d[k]:.3f}"  # noqa: E731
+        lines = [f"{'metric':<24}{'model':>10}{'retrieval':>11}", "-" * 45]
+        lines += [f"{name:<24}{f(m, k):>10}{f(b, k):>11}" for name, k in rows]
+        lines.append(f"({metrics['n_test_cases']} test radiographs; beam {metrics['beam']}; baseline: "
+                     f"{metrics['baseline_name']}; METEOR needs java)")
+        return "\n".join(lines)
+
+    # experiments
+    def report(self, cells_root, abl, out, *, alpha, profile):
+        from medops.families.vl_fusion.report import build_report
+
+        return build_report(cells_root, abl, out, alpha=alpha, profile=profile)
+
+    def compare(self, cand, champ, metric):
+        """Paired one-sided Wilcoxon on per-image CIDEr-D *and* clinical F1 (both must improve: the larger
+        p-value of the two decides, an intersection-union test)."""
+        from medops.experiments.stats import paired_test
+
+        a, b = cand.set_index("case_id"), champ.set_index("case_id")
+        if set(a.index) != set(b.index) or "cider_d" not in b or "clinical_f1" not in b:
+            return None
+        b = b.loc[a.index]
+        tests = {m: paired_test(a[m].to_numpy(), b[m].to_numpy()) for m in ("cider_d", "clinical_f1")}
+        main = tests.get(metric, tests["cider_d"])
+        return {**main, "p": max(t["p"] for t in tests.values()), "mean_diff": min(t["mean_diff"] for t in tests.values()),
+                "test": "paired Wilcoxon on CIDEr-D and clinical F1 (both; " + ", ".join(
+                    f"{m} Δ {t['mean_diff']:+.4f} p={t['p']:.3g}" for m, t in tests.items()) + ")"}
+
+    def card(self, c):
+        g = lambda k: float(c.get(f"test_{k}", float("nan")))  # noqa: E731
+        return ["| BLEU-1 | BLEU-4 | METEOR | ROUGE-L | CIDEr-D | clinical F1 | triage acc. | triage AUC | R@1 | hard neg. |",
+                "|---|---|---|---|---|---|---|---|---|---|",
+                "| " + " | ".join("—" if v != v else f"{v:.3f}" for v in (
+                    g("bleu1"), g("bleu4"), g("meteor"), g("rouge_l"), g("cider_d"), g("clinical_f1"),
+                    g("triage_accuracy"), g("triage_auc"), g("i2t_r1"), g("hard_negative_accuracy"))) + " |"]
+
+    # prediction
+    def predict(self, cfg, ref, inp, out, *, threshold):
+        from medops.families.vl_fusion.predict import predict_reports
+
+        return predict_reports(ref, inp, out, cfg.preprocess_vl)
+
+    def describe_prediction(self, r, out):
+        probs = ", ".join(f"{k} {v:.2f}" for k, v in r["triage"].items())
+        match = f"; match score {r['match_score']:.3f}" if r.get("match_score") is not None else ""
+        return f"{r['case_id']}: [{probs}]{match}\n  {r['report']}" + (
+            f"\n  -> {out / r['attention_png']}" if r.get("attention_png") else "")
