@@ -108,6 +108,16 @@ def test_beam_search_is_no_worse_than_greedy():
         assert score(b) >= score(g) - 1e-4
 
 
+def test_batched_greedy_decoding_equals_one_image_at_a_time():
+    torch.manual_seed(2)
+    net = get_model("vl_fusion", fusion="cross", **SMALL).eval()
+    img, prompt, pmask, _ = _batch()
+    with torch.no_grad():
+        both = net.generate(img, prompt, pmask, max_len=10)
+        one = [net.generate(img[i:i + 1], prompt[i:i + 1], pmask[i:i + 1], max_len=10)[0] for i in range(len(img))]
+    assert both == one and all(len(s) <= 9 for s in both)
+
+
 def test_a_bert_style_text_encoder_is_built_from_its_config():
     """The pretrained-text ablation level: the MiniLM architecture (its config.json), weights loaded by the family."""
     kw = {**SMALL, "text_config": {"hidden_size": 48, "num_hidden_layers": 1, "num_attention_heads": 4,

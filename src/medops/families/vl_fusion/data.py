@@ -76,6 +76,7 @@ def preprocess_vl(root: Path, out: Path, image_cfg, text_cfg, *, split_fractions
     reps = read_reports(root / "reports.csv")
     index = preprocess_classification(root, out, image_cfg, split_fractions=split_fractions, split_seed=split_seed,
                                       progress=progress)
+    index = triage_order(index, out)
     check_pairs(reps, index.case_id, root / "reports.csv")
     neg = read_reports(root / "hard_negatives.csv", what="hard_negatives.csv") \
         if (root / "hard_negatives.csv").exists() else pd.DataFrame(columns=list(REQUIRED))
@@ -111,6 +112,23 @@ def preprocess_vl(root: Path, out: Path, image_cfg, text_cfg, *, split_fractions
            f"{len(reps)} reports; tokenizer of {tok.vocab_size} tokens from {len(train_texts)} training reports; "
            f"{sum(c['truncated'] for c in counts.values())} report(s) truncated at {text_cfg.max_len} tokens")
     return index, msg
+
+
+def triage_order(index: pd.DataFrame, out: Path) -> pd.DataFrame:
+    """Class indices in the triage head's order (normal, non-urgent, urgent) whatever order the dataset lists
+    its labels in (a labels.csv of your own: sorted names)."""
+    from medops.data.cxr_sim import TRIAGE
+
+    bad = sorted(set(index.label.astype(str)) - set(TRIAGE))
+    if bad:
+        raise MedopsError("labels", f"triage label(s) {bad} unknown", f"use {list(TRIAGE)} (urgent: pneumothorax "
+                          "or a large effusion; non_urgent: any other finding; normal: none)")
+    index = index.assign(label_idx=index.label.astype(str).map({c: i for i, c in enumerate(TRIAGE)}).astype(int))
+    index.to_parquet(Path(out) / "index.parquet", index=False)
+    stats = json.loads((Path(out) / "preprocess.json").read_text())
+    stats["classes"] = list(TRIAGE)
+    (Path(out) / "preprocess.json").write_text(json.dumps(stats, indent=2))
+    return index
 
 
 def true_findings(root: Path, table: pd.DataFrame) -> list[dict]:
@@ -154,6 +172,10 @@ class VLDataset(torch.utils.data.Dataset):
                 for i, c in enumerate(self.case_ids)]
         n = text.encode(tok, negs, max_len)
         self.neg_ids, self.neg_mask = torch.tensor(n.ids), torch.tensor(n.mask)
+        # the split's longest text sets the width (trailing padding changes no output and costs time)
+        width = max(int(self.mask.sum(-1).max()), int(self.neg_mask.sum(-1).max()), 2)
+        self.ids, self.mask = self.ids[..., :width].contiguous(), self.mask[..., :width].contiguous()
+        self.neg_ids, self.neg_mask = self.neg_ids[:, :width].contiguous(), self.neg_mask[:, :width].contiguous()
         p = text.encode(tok, [prompt], prompt_len, bos_eos=False)
         self.prompt_ids, self.prompt_mask = torch.tensor(p.ids[0]), torch.tensor(p.mask[0])
 

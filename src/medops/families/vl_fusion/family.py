@@ -21,7 +21,14 @@ def check_reports(root: Path, manifest) -> list[str]:
     required columns and no empty report, and every image paired with a report and every report with an image."""
     from medops.families.vl_fusion.data import check_pairs, read_reports
 
+    from medops.data.cxr_sim import TRIAGE
+
     root = Path(root)
+    if "label" in manifest:
+        bad = sorted(set(manifest.label.astype(str)) - set(TRIAGE))
+        if bad:
+            return [f"labels: triage label(s) {bad} unknown. Fix: use {list(TRIAGE)} (urgent: pneumothorax or a large "
+                    "effusion; non_urgent: any other finding; normal: none)"]
     try:
         reps = read_reports(root / "reports.csv")
         check_pairs(reps, manifest.case_id.astype(str).unique(), root / "reports.csv")
@@ -202,8 +209,9 @@ class VLFusion(Family):
         from medops.families.vl_fusion.evaluation import evaluate_vl, flat_metrics
 
         tok, test_ds, _ = self._test(fcfg, pre, index)
-        res, table = evaluate_vl(net, test_ds, tok, test_ds.states, beam=fcfg.evaluate.beam,
-                                 max_len=fcfg.evaluate.max_len)
+        # every cell decodes greedily (the LSTM-Attention baseline has no beam search): the same decoding for all
+        # cells keeps the comparison fair and the ablation affordable; the main model's evaluation uses the beam
+        res, table = evaluate_vl(net, test_ds, tok, test_ds.states, beam=1, max_len=fcfg.evaluate.max_len)
         table.to_csv(Path(out) / "per_case.csv", index=False)
         return {"full": flat_metrics(res)}
 

@@ -39,20 +39,29 @@ class VLFusionTask(TaskModule):
 
     def _losses(self, batch):
         img, p_ids, p_mask, r_ids, r_mask, n_ids, n_mask, tri = batch
+        # trailing padding changes no output (masked in the encoder, ignored by the loss): cut it per batch
+        n_tok = int(torch.maximum(r_mask.sum(1).max(), n_mask.sum(1).max()))
+        r_ids, r_mask, n_ids, n_mask = r_ids[:, :n_tok], r_mask[:, :n_tok], n_ids[:, :n_tok], n_mask[:, :n_tok]
         net = self.net
-        tri_logits, logits = net(img, p_ids, p_mask, r_ids)
+        core = net.module if hasattr(net, "module") else net
+        match = self.can_match and self.l_cl > 0
+        if match:            # the image is encoded once for the three pairs and the prompt (same as net(...))
+            v = core.encode_image(img)
+            fused, _, _ = core.fuse(v, p_ids, p_mask)
+            tri_logits, logits = core.triage_logits(fused), core.decode(fused, r_ids[:, :-1])
+        else:
+            tri_logits, logits = net(img, p_ids, p_mask, r_ids)
         target = r_ids[:, 1:]
         seq = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=self.pad_id)
         ce = F.cross_entropy(tri_logits.float(), tri)
         parts = {"ce": ce, "seq": seq}
-        if self.can_match and self.l_cl > 0:
-            core = net.module if hasattr(net, "module") else net
-            v = core.encode_image(img)
-            d_pos = core.match_distance(v, r_ids, r_mask)
-            d_hard = core.match_distance(v, n_ids, n_mask)
+        if match:
+            t_r, t_n = core.encode_text(r_ids, r_mask), core.encode_text(n_ids, n_mask)   # once each
+            d_pos = core.match_distance(v, r_ids, r_mask, t_r)
+            d_hard = core.match_distance(v, n_ids, n_mask, t_n)
             negs = [d_hard]
             if len(img) > 1:                          # the next image's report: an easy in-batch negative
-                negs.append(core.match_distance(v, r_ids.roll(1, 0), r_mask.roll(1, 0)))
+                negs.append(core.match_distance(v, r_ids.roll(1, 0), r_mask.roll(1, 0), t_r.roll(1, 0)))
             parts["cl"] = contrastive(d_pos, torch.cat(negs), self.margin)
             parts["hn_hit"] = (d_pos < d_hard).float()
         return tri_logits, logits, target, parts

@@ -219,15 +219,20 @@ class VLFusion(_Prompted, nn.Module):
     def encode_image(self, image: torch.Tensor) -> torch.Tensor | None:
         return self.image(image) if self.fusion != "text" else None
 
-    def fuse(self, img: torch.Tensor | None, ids: torch.Tensor, mask: torch.Tensor):
-        """Fused tokens of (image tokens, text) and the (pooled image, pooled text) halves for matching."""
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+        """Text tokens (independent of the image: computed once, reused for every image it is paired with)."""
+        return self.text(ids, mask) if self.fusion != "visual" else None
+
+    def fuse(self, img: torch.Tensor | None, ids: torch.Tensor, mask: torch.Tensor, txt: torch.Tensor | None = None):
+        """Fused tokens of (image tokens, text) and the (pooled image, pooled text) halves for matching;
+        ``txt``: the text's tokens from :meth:`encode_text` when already computed."""
         pad = mask == 0
         if self.fusion == "text":
-            txt = self.text(ids, mask)
+            txt = self.text(ids, mask) if txt is None else txt
             return self.memory.expand(ids.shape[0], -1, -1), None, _pool(txt, pad)
         if self.fusion == "visual":
             return img, _pool(img), None
-        txt = self.text(ids, mask)
+        txt = self.text(ids, mask) if txt is None else txt
         if self.fusion == "cross":
             for layer in self.cross:
                 img, txt, self.last_attention = layer(img, txt, pad)
@@ -246,9 +251,10 @@ class VLFusion(_Prompted, nn.Module):
     def triage_logits(self, fused: torch.Tensor) -> torch.Tensor:
         return self.triage(fused.mean(1))                                     # Eq. 1's classifier
 
-    def match_distance(self, img: torch.Tensor | None, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def match_distance(self, img: torch.Tensor | None, ids: torch.Tensor, mask: torch.Tensor,
+                       txt: torch.Tensor | None = None) -> torch.Tensor:
         """D(f(I), g(T)) of Eq. 2 for each (image, text) pair of the batch (L2-normalised features)."""
-        _, pi, pt = self.fuse(img, ids, mask)
+        _, pi, pt = self.fuse(img, ids, mask, txt)
         if pi is None or pt is None:
             raise ValueError(f"fusion {self.fusion!r} has no {'image' if pi is None else 'text'} features to match")
         f = F.normalize(self.match_i(pi), dim=-1)
@@ -282,7 +288,28 @@ class VLFusion(_Prompted, nn.Module):
         max_len = min(max_len or self.max_len, self.max_len)
         prompt_ids, prompt_mask = _prompt(self, image, prompt_ids, prompt_mask)
         fused, _, _ = self.fuse(self.encode_image(image), prompt_ids, prompt_mask)
+        if beam == 1:
+            return self._greedy(fused, max_len)
         return [self._beam(fused[i:i + 1], max_len, beam, length_penalty) for i in range(fused.shape[0])]
+
+    def _greedy(self, memory, max_len: int) -> list[list[int]]:
+        """The most probable next word at every step, the whole batch at once (a finished report pads)."""
+        n = memory.shape[0]
+        seqs = torch.full((n, 1), self.bos_id, dtype=torch.long, device=memory.device)
+        done = torch.zeros(n, dtype=torch.bool, device=memory.device)
+        for _ in range(max_len - 1):
+            logits = self.decode(memory, seqs)[:, -1].float()
+            logits[:, [self.pad_id, self.bos_id]] = -math.inf
+            nxt = logits.argmax(-1).masked_fill(done, self.pad_id)
+            seqs = torch.cat([seqs, nxt[:, None]], 1)
+            done |= nxt == self.eos_id
+            if bool(done.all()):
+                break
+        out = []
+        for s in seqs[:, 1:].tolist():
+            s = [w for w in s if w != self.pad_id]
+            out.append(s[:s.index(self.eos_id)] if self.eos_id in s else s)
+        return out
 
     def _beam(self, memory, max_len: int, k: int, alpha: float) -> list[int]:
         beams = [([self.bos_id], 0.0)]

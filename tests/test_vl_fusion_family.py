@@ -1,0 +1,258 @@
+"""`vl_fusion` as a family: the validation gate's text rules, your own radiographs and reports (PNG and DICOM,
+labels.csv + reports.csv), bad input named with file, row, rule and fix, and the whole family through
+`dvc repro` (generate -> promote) with prediction from the champion."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import ROOT, copy_project, edit_params
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    from medops.config import load_config
+
+    return load_config(ROOT / "params.yaml", profile="smoke")
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory, cfg):
+    from medops.families import get_family
+
+    root = tmp_path_factory.mktemp("cxr") / "raw"
+    root.mkdir()
+    get_family("vl_fusion", cfg).generate(cfg, "cxr-reports", root)
+    return root
+
+
+def _validate(root: Path, cfg, out: Path):
+    from medops.families import get_family
+    from medops.validation.gate import validate_dataset
+
+    spec = get_family("vl_fusion", cfg).validation_spec(cfg, root, "cxr-reports")
+    return validate_dataset(root, cfg.validate, out, progress=False, spec=spec, split_fractions=cfg.split.fractions,
+                            split_seed=cfg.split.seed)
+
+
+def _copy(raw: Path, dst: Path) -> Path:
+    shutil.copytree(raw, dst)
+    return dst
+
+
+def test_the_gate_passes_the_simulated_set_and_records_the_reports(raw, cfg, tmp_path):
+    s = _validate(raw, cfg, tmp_path / "v")
+    assert s["status"] == "passed" and "reports.csv" in s["files_sha256"] and "hard_negatives.csv" in s["files_sha256"]
+
+
+@pytest.mark.parametrize("breakage, expect", [
+    (lambda r: r.assign(report=r.report.where(r.index != 2, "  ")), r"reports.csv:4.*empty report.*write the report"),
+    (lambda r: r.drop(columns=["report"]), r"missing column.*report.*header must name"),
+    (lambda r: r[r.case_id != "cxr00003"], r"image\(s\) without a report.*cxr00003"),
+    (lambda r: pd.concat([r, pd.DataFrame([{"case_id": "cxr99999", "report_idx": 0, "report": "FINDINGS: x."}])]),
+     r"report\(s\) without an image.*cxr99999"),
+])
+def test_the_gate_refuses_bad_reports_naming_file_row_rule_and_fix(raw, cfg, tmp_path, breakage, expect):
+    from medops.validation.gate import ValidationFailed
+
+    root = _copy(raw, tmp_path / "raw")
+    breakage(pd.read_csv(root / "reports.csv", dtype={"case_id": str})).to_csv(root / "reports.csv", index=False)
+    before = {p.name: p.stat().st_mtime_ns for p in (root / "images").iterdir()}
+    with pytest.raises(ValidationFailed) as e:
+        _validate(root, cfg, tmp_path / "v")
+    assert any(__import__("re").search(expect, f) for f in e.value.failures), e.value.failures
+    assert before == {p.name: p.stat().st_mtime_ns for p in (root / "images").iterdir()}   # data untouched
+
+
+def test_a_report_file_that_is_not_utf8_is_refused_with_its_line(raw, cfg, tmp_path):
+    from medops.validation.gate import ValidationFailed
+
+    root = _copy(raw, tmp_path / "raw")
+    lines = (root / "reports.csv").read_bytes().split(b"\n")
+    lines[5] = lines[5].replace(b"heart", b"c\xe6ur", 1) if b"heart" in lines[5] else lines[5] + b" \xe9"
+    (root / "reports.csv").write_bytes(b"\n".join(lines))
+    with pytest.raises(ValidationFailed) as e:
+        _validate(root, cfg, tmp_path / "v")
+    assert any("reports.csv:6" in f and "not valid UTF-8" in f and "iconv" in f for f in e.value.failures)
+
+
+def _dicom(path: Path, pixels: np.ndarray | None):
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"      # digital X-ray, for presentation
+    meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality, ds.PatientID = meta.MediaStorageSOPClassUID, "1.2.3.4", "DX", "p1"
+    ds.Rows, ds.Columns = 64, 64
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    if pixels is not None:
+        ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+
+
+def _own_data(raw: Path, dst: Path, n: int = 36) -> Path:
+    """Your own layout: images/ (PNG, one DICOM), labels.csv (case_id, path, label) and reports.csv (case_id, report)."""
+    import cv2
+
+    man = pd.read_parquet(raw / "manifest.parquet").head(n)
+    (dst / "images").mkdir(parents=True)
+    rows = []
+    for i, r in enumerate(man.itertuples()):
+        if i == 0:
+            img = cv2.imread(str(raw / r.path), cv2.IMREAD_UNCHANGED)
+            _dicom(dst / "images" / f"{r.case_id}.dcm", img)
+            rows.append({"case_id": r.case_id, "path": f"images/{r.case_id}.dcm", "label": r.label})
+        else:
+            shutil.copy(raw / r.path, dst / "images" / f"{r.case_id}.png")
+            rows.append({"case_id": r.case_id, "path": f"images/{r.case_id}.png", "label": r.label})
+    pd.DataFrame(rows).to_csv(dst / "labels.csv", index=False)
+    reps = pd.read_csv(raw / "reports.csv", dtype={"case_id": str})
+    reps[reps.case_id.isin(man.case_id)][["case_id", "report"]].to_csv(dst / "reports.csv", index=False)
+    return dst
+
+
+def test_your_own_radiographs_and_reports_pass_the_same_gate_and_preprocess(raw, cfg, tmp_path):
+    """PNG and DICOM radiographs listed in labels.csv (triage label), reports in reports.csv: validated, then
+    preprocessed with the triage classes in the head's order and the truth read from the reports."""
+    from medops.families import get_family
+
+    root = _own_data(raw, tmp_path / "mine")
+    assert _validate(root, cfg, tmp_path / "v")["status"] == "passed"
+    index, msg = get_family("vl_fusion", cfg).preprocess(cfg, root, tmp_path / "pre")
+    assert len(index) == 36 and "tokenizer of" in msg
+    assert dict(zip(index.label, index.label_idx)) == {k: v for k, v in {"normal": 0, "non_urgent": 1, "urgent": 2}.items()
+                                                       if k in set(index.label)}
+    table = pd.read_parquet(tmp_path / "pre" / "reports.parquet")
+    states = {json.loads(l)["case_id"]: json.loads(l) for l in (raw / "findings.jsonl").read_text().splitlines()}
+    for r in table.itertuples():           # without findings.jsonl the labeller reads the truth from the reports
+        assert json.loads(r.findings) == {k: v for k, v in states[r.case_id].items() if k not in ("case_id", "ctr")}
+
+
+def test_a_dicom_radiograph_without_pixel_data_is_refused(raw, cfg, tmp_path):
+    from medops.validation.gate import ValidationFailed
+
+    root = _own_data(raw, tmp_path / "mine")
+    first = pd.read_csv(root / "labels.csv").path.iloc[0]
+    _dicom(root / first, None)
+    with pytest.raises(ValidationFailed) as e:
+        _validate(root, cfg, tmp_path / "v")
+    assert any(first in f and "no pixel data" in f for f in e.value.failures), e.value.failures
+
+
+def test_an_unknown_triage_label_is_refused(raw, cfg, tmp_path):
+    from medops.validation.gate import ValidationFailed
+
+    root = _own_data(raw, tmp_path / "mine")
+    lab = pd.read_csv(root / "labels.csv")
+    lab.loc[lab.label == "urgent", "label"] = "emergency"
+    lab.to_csv(root / "labels.csv", index=False)
+    with pytest.raises(ValidationFailed) as e:
+        _validate(root, cfg, tmp_path / "v")
+    assert any("emergency" in f and "non_urgent" in f for f in e.value.failures), e.value.failures
+
+
+def test_words_outside_the_vocabulary_are_counted_and_logged(raw, cfg, tmp_path):
+    """A test report with symbols and words the training reports never had: split into known pieces or [UNK],
+    counted per split in preprocess.json, never a crash."""
+    from medops.families import get_family
+
+    root = _copy(raw, tmp_path / "raw")
+    reps = pd.read_csv(root / "reports.csv", dtype={"case_id": str})
+    man = pd.read_parquet(root / "manifest.parquet")
+    test_case = man[man.split == "test"].case_id.iloc[0]
+    i = reps.index[reps.case_id == test_case][0]
+    reps.loc[i, "report"] = reps.loc[i, "report"].replace("FINDINGS:", "FINDINGS: Zwerchfellhochstand → 肺 ✓.")
+    reps.to_csv(root / "reports.csv", index=False)
+    get_family("vl_fusion", cfg).preprocess(cfg, root, tmp_path / "pre")
+    stats = json.loads((tmp_path / "pre" / "preprocess.json").read_text())["text"]
+    assert stats["test"]["unknown_tokens"] >= 3 and stats["train"]["unknown_tokens"] == 0
+
+
+# ------------------------------------------------------------------ the family end to end (slow)
+@pytest.mark.slow
+def test_dvc_repro_whole_family_through_ablation_report_promotion_and_prediction(tmp_path):
+    """The family's stages through `dvc repro` at smoke (a 4-cell, 2-seed ablation), each depending on the code it
+    ran; Tables 1-3 shaped report with the claims; the best cell promoted on CIDEr-D and clinical F1; the champion
+    predicts a report, triage, a match score and an attention map from a PNG and a DICOM radiograph."""
+    from dvc_deps import uncovered
+
+    dst = copy_project(tmp_path / "medops")
+
+    def small(p):
+        a = p["ablation"]["vl_fusion"]
+        a["seeds"] = [1, 2]
+        a["cells"] = {k: a["cells"][k] for k in ("full", "concat", "text", "lstm")}
+
+    edit_params(dst / "params.yaml", small)
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@x", "MEDOPS_IMPORTS_LOG": str(tmp_path / "imports.jsonl")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+
+    def sh(cmd, ok=True):
+        r = subprocess.run(cmd, cwd=dst, env=env, capture_output=True, text=True, shell=True)
+        if ok:
+            assert r.returncode == 0, f"{cmd}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+        return r
+
+    sh("git init -q && git add -A && git commit -qm init && medops profile smoke")
+    from medops.warm import WarmServer
+
+    with WarmServer() as warm:
+        env.update(warm)
+        out = sh("dvc repro vl_fusion_evaluate vl_promote")
+    env.pop("MEDOPS_WARM")
+    assert "tokenizer of" in out.stdout + out.stderr
+    assert uncovered(dst, tmp_path / "imports.jsonl", ROOT) == []
+    assert (dst / "reports/data/cxr-reports_contact_sheet.png").exists()
+    m = json.loads((dst / "reports/vl_fusion/metrics.json").read_text())
+    assert {"bleu1", "bleu4", "cider_d", "rouge_l", "clinical_f1", "triage_accuracy", "i2t_r1", "t2i_r5",
+            "hard_negative_accuracy"} <= set(m["model"]) and "cider_d" in m["baseline"]
+    assert (dst / "reports/vl_fusion/figures/cross_attention.png").exists()
+    assert "CIDEr-D" in sh("medops show vl_fusion").stdout
+    rep = (dst / "reports/ablation/vl_fusion/report.md").read_text()
+    for t in ("Table 1 shape", "Table 2 shape", "Table 3 shape", "Proposed Model: 82.4", "Remove Cross-Attention: 136.8"):
+        assert t in rep
+    cl = pd.read_csv(dst / "reports/ablation/vl_fusion/claims.csv")
+    assert {"full > no cross-attention (pooled concatenation)", "full > text features only",
+            "cross-attention > concatenation on hard negatives"} <= set(cl.claim)
+    assert set(cl.verdict) <= {"reproduced", "not reproduced", "untestable"}
+    promo = json.loads((dst / "reports/promotion/vl_fusion.json").read_text())
+    assert any(g["gate"] == "floor_clinical_f1" for g in promo["gates"])
+    # prediction from a PNG and a DICOM radiograph, with a supplied report to check against the first
+    import cv2
+
+    inp = tmp_path / "inp"
+    inp.mkdir()
+    src = sorted((dst / "data/raw/cxr-reports/images").glob("*.png"))[:2]
+    shutil.copy(src[0], inp / "a.png")
+    _dicom(inp / "b.dcm", cv2.imread(str(src[1]), cv2.IMREAD_UNCHANGED))
+    (inp / "reports.csv").write_text('case_id,report\na,"FINDINGS: The heart size is normal. IMPRESSION: Normal."\n')
+    sh(f"medops predict --model models:/vl_fusion@champion --input {inp} --out {tmp_path / 'pred'}")
+    res = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "pred").glob("*.json")}
+    assert set(res) == {"a", "b"}
+    assert res["a"]["match_score"] is not None and res["b"]["match_score"] is None
+    for r in res.values():
+        assert abs(sum(r["triage"].values()) - 1) < 1e-4 and isinstance(r["report"], str)
+        assert (tmp_path / "pred" / r["attention_png"]).exists()
+    # a radiograph without pixel data: refused before anything is written
+    _dicom(inp / "c.dcm", None)
+    r = sh(f"medops predict --model models:/vl_fusion@champion --input {inp} --out {tmp_path / 'pred2'}", ok=False)
+    assert r.returncode != 0 and "no pixel data" in r.stdout + r.stderr
+    assert not (tmp_path / "pred2").exists() or not any((tmp_path / "pred2").iterdir())
