@@ -260,3 +260,41 @@ def test_dvc_repro_whole_family_through_ablation_report_promotion_and_prediction
     r = sh(f"medops predict --model models:/vl_fusion@champion --input {inp} --out {tmp_path / 'pred2'}", ok=False)
     assert r.returncode != 0 and "no pixel data" in r.stdout + r.stderr
     assert not (tmp_path / "pred2").exists() or not any((tmp_path / "pred2").iterdir())
+
+
+def test_the_pretrained_minilm_level_loads_its_weights_reads_its_own_vocabulary_and_trains(raw, cfg, tmp_path,
+                                                                                         monkeypatch):
+    """Ablation level text_encoder: minilm — the offline all-MiniLM-L6-v2 weights (safetensors) in the BERT-style
+    encoder, frozen unless minilm_finetune; prompt, negatives and the matching text in MiniLM's vocabulary while
+    the decoder keeps the report tokenizer; a training step and the test evaluation run."""
+    import dataclasses
+
+    import torch
+    from safetensors.torch import load_file
+
+    from medops.families import get_family
+    from medops.families.vl_fusion import text
+    from medops.families.vl_fusion.evaluation import evaluate_vl
+
+    monkeypatch.chdir(tmp_path)
+    fam, fcfg = get_family("vl_fusion", cfg), cfg.family("vl_fusion")
+    index, _ = fam.preprocess(cfg, raw, tmp_path / "data/preprocessed/cxr-reports")
+    m = dataclasses.replace(fcfg.model, text_encoder="minilm", minilm_finetune=False)
+    net = fam.build_model(fcfg, m, index)
+    ref = load_file(str(text.minilm_dir() / "model.safetensors"))
+    assert torch.equal(net.text.net.embeddings.word_embeddings.weight, ref["embeddings.word_embeddings.weight"])
+    assert not any(p.requires_grad for p in net.text.net.parameters())
+    assert any(p.requires_grad for p in net.decoder.parameters())
+    fam._run_model = m
+    train_ds, _ = fam.training_datasets(fcfg, tmp_path / "data/preprocessed/cxr-reports", index)
+    item = train_ds[0]
+    assert len(item) == 10 and int(item[8][0]) == 101                 # [CLS] of MiniLM's vocabulary
+    assert int(item[3][0]) == 1 and int(item[3].max()) < len(fam._tokenizer(fcfg))   # [BOS] of the reports' own
+    task = fam.task(net, fcfg.train, train_ds)
+    batch = [torch.stack([train_ds[i][k] for i in range(4)]) for k in range(10)]
+    loss = task.train_step(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and net.decoder.layers[0].linear1.weight.grad is not None
+    tok, test_ds, _ = fam._test(fcfg, tmp_path / "data/preprocessed/cxr-reports", index, m)
+    res, table = evaluate_vl(net, test_ds, tok, test_ds.states, max_len=12, progress=False, meteor=False)
+    assert "i2t_r1" in res["matching"] and len(table) == len(test_ds)

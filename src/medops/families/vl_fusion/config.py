@@ -53,7 +53,7 @@ class VLPreprocessConfig:
 
 @dataclass(frozen=True)
 class VLModelConfig:
-    RULES: ClassVar[dict] = {"arch": ARCHS, "fusion": FUSIONS, "text_encoder": ("albert",),
+    RULES: ClassVar[dict] = {"arch": ARCHS, "fusion": FUSIONS, "text_encoder": ("albert", "minilm"),
                              "trunk": ("densenet121", "small"), "trunk_weights": ("imagenet", "none"),
                              "width": "[8, 4096]", "heads": "[1, 64]", "cross_layers": "[1, 24]",
                              "decoder_layers": "[1, 24]", "embed_dim": "[4, 4096]", "dropout": "[0, 1)",
@@ -65,7 +65,8 @@ class VLModelConfig:
     trunk_weights: str = "imagenet"       # imagenet: the local torch cache when present, else random | none
     small_blocks: tuple = (2, 4, 6, 4)    # the small trunk's DenseNet blocks
     small_growth: int = 16
-    text_encoder: str = "albert"
+    text_encoder: str = "albert"          # albert (random init, config below) | minilm (pretrained, offline; BERT-style)
+    minilm_finetune: bool = True          # minilm: train its weights too (False: a frozen feature extractor)
     albert: dict = field(default_factory=lambda: {"embedding_size": 64, "hidden_size": 128, "num_hidden_layers": 2,
                                                    "num_attention_heads": 4, "intermediate_size": 256})
     width: int = 128                      # fusion width (image tokens, text tokens, decoder)

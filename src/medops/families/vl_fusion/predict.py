@@ -72,6 +72,7 @@ def predict_reports(ref, inp: Path, out: Path, default_pre) -> list[dict]:
     pcfg = from_logged_params(ref.params, default_pre, "preprocess_vl")
     beam = int(ref.params.get("vl_fusion.evaluate.beam", 3))
     tok = _tokenizer(ref)
+    enc_tok = text.load_encoder_tokenizer() if ref.tags.get("text_encoder_tokenizer") == "minilm" else None
     model = ref.load()
     net = model[0]
     out.mkdir(parents=True, exist_ok=True)
@@ -88,8 +89,10 @@ def predict_reports(ref, inp: Path, out: Path, default_pre) -> list[dict]:
                    "predicted_triage": TRIAGE[int(prob.argmax())], "beam": beam, "match_score": None,
                    "attention_png": None}
         words = [report]
+        encode = (lambda t: text.encode(tok, t, pcfg.max_len)) if enc_tok is None else \
+            (lambda t: text.encode_for_encoder(enc_tok, t, pcfg.max_len))
         if case in supplied:
-            enc = text.encode(tok, [supplied[case]], pcfg.max_len)
+            enc = encode([supplied[case]])
             ids, mask = torch.tensor(enc.ids), torch.tensor(enc.mask)
             summary.update(supplied_report=supplied[case], supplied_unknown_tokens=enc.unknown,
                            supplied_truncated=bool(enc.truncated))
@@ -99,7 +102,7 @@ def predict_reports(ref, inp: Path, out: Path, default_pre) -> list[dict]:
                 summary["match_score"] = -d           # higher: the report fits the image better (−D of Eq. 2)
             words = [supplied[case]]
         else:
-            enc = text.encode(tok, words, pcfg.max_len)
+            enc = encode(words)
             ids, mask = torch.tensor(enc.ids), torch.tensor(enc.mask)
         maps = attention_maps(net, x, ids, mask)
         if maps is not None:

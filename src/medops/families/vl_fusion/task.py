@@ -38,10 +38,11 @@ class VLFusionTask(TaskModule):
         self.monitor_mode = "min" if cfg.monitor.endswith("loss") else "max"
 
     def _losses(self, batch):
-        img, p_ids, p_mask, r_ids, r_mask, n_ids, n_mask, tri = batch
+        img, p_ids, p_mask, r_ids, r_mask, n_ids, n_mask, tri = batch[:8]
+        e_ids, e_mask = batch[8:10] if len(batch) > 8 else (r_ids, r_mask)   # the report as the encoder reads it
         # trailing padding changes no output (masked in the encoder, ignored by the loss): cut it per batch
-        n_tok = int(torch.maximum(r_mask.sum(1).max(), n_mask.sum(1).max()))
-        r_ids, r_mask, n_ids, n_mask = r_ids[:, :n_tok], r_mask[:, :n_tok], n_ids[:, :n_tok], n_mask[:, :n_tok]
+        cut = lambda ids, m: (ids[:, :int(m.sum(1).max())], m[:, :int(m.sum(1).max())])  # noqa: E731
+        (r_ids, r_mask), (e_ids, e_mask), (n_ids, n_mask) = cut(r_ids, r_mask), cut(e_ids, e_mask), cut(n_ids, n_mask)
         net = self.net
         core = net.module if hasattr(net, "module") else net
         match = self.can_match and self.l_cl > 0
@@ -56,12 +57,12 @@ class VLFusionTask(TaskModule):
         ce = F.cross_entropy(tri_logits.float(), tri)
         parts = {"ce": ce, "seq": seq}
         if match:
-            t_r, t_n = core.encode_text(r_ids, r_mask), core.encode_text(n_ids, n_mask)   # once each
-            d_pos = core.match_distance(v, r_ids, r_mask, t_r)
+            t_r, t_n = core.encode_text(e_ids, e_mask), core.encode_text(n_ids, n_mask)   # once each
+            d_pos = core.match_distance(v, e_ids, e_mask, t_r)
             d_hard = core.match_distance(v, n_ids, n_mask, t_n)
             negs = [d_hard]
             if len(img) > 1:                          # the next image's report: an easy in-batch negative
-                negs.append(core.match_distance(v, r_ids.roll(1, 0), r_mask.roll(1, 0), t_r.roll(1, 0)))
+                negs.append(core.match_distance(v, e_ids.roll(1, 0), e_mask.roll(1, 0), t_r.roll(1, 0)))
             parts["cl"] = contrastive(d_pos, torch.cat(negs), self.margin)
             parts["hn_hit"] = (d_pos < d_hard).float()
         return tri_logits, logits, target, parts
@@ -81,7 +82,7 @@ class VLFusionTask(TaskModule):
         n = len(target)
         out = {"n": n, "loss": float(self._total(parts)) * n, "seq": float(parts["seq"]) * n,
                "tok_right": int(((logits.argmax(-1) == target) & keep).sum()), "tok": int(keep.sum()),
-               "prob": torch.softmax(tri_logits.float(), 1).cpu(), "y": batch[-1].cpu()}
+               "prob": torch.softmax(tri_logits.float(), 1).cpu(), "y": batch[7].cpu()}
         if "hn_hit" in parts:
             out["hn_hit"] = parts["hn_hit"].cpu()
         return out

