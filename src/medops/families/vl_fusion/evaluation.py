@@ -55,11 +55,13 @@ def evaluate_vl(net, ds, tok, states: list[dict], *, beam: int = 1, max_len: int
     if can_match:
         v = torch.cat(img_tokens)
         g_ids, g_mask = ds.match_ids
+        g_ids, g_mask = g_ids.to(device), g_mask.to(device)
+        g_txt = net.encode_text(g_ids, g_mask) if hasattr(net, "encode_text") else None   # once, for every image
         dist = np.zeros((n, n), np.float32)
         for i in tqdm(range(n), desc="evaluate: match gallery", disable=not progress, leave=False):
             # image i against every report of the gallery (its own is report i)
             vi = v[i:i + 1].expand(n, -1, -1)
-            dist[i] = net.match_distance(vi, g_ids.to(device), g_mask.to(device)).cpu().numpy()
+            dist[i] = net.match_distance(vi, g_ids, g_mask, g_txt).cpu().numpy()
         d_neg = net.match_distance(v, ds.neg_ids.to(device), ds.neg_mask.to(device)).cpu().numpy()
         hn, hit = metrics.hard_negative_accuracy(np.diag(dist), d_neg)
         res["matching"] = {**metrics.recall_at_k(dist), "hard_negative_accuracy": hn}
