@@ -35,9 +35,9 @@ def test_parsing_all_dags_imports_neither_torch_nor_medops(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     res = json.loads(out.strip().splitlines()[-1])
     assert not res["torch"] and not res["medops"]
-    assert res["dags"] == ["dag_fusion_seg", "dag_nodule3d", "dag_transfer_cls", "dataset_breast_trimodal",
-                           "dataset_gaucher_ct", "dataset_lidc_sim", "dataset_nf_mri", "dataset_ocular_fundus",
-                           "dataset_rare_source"]
+    assert res["dags"] == ["dag_fusion_seg", "dag_nodule3d", "dag_transfer_cls", "dag_vl_fusion",
+                           "dataset_breast_trimodal", "dataset_cxr_reports", "dataset_gaucher_ct", "dataset_lidc_sim",
+                           "dataset_nf_mri", "dataset_ocular_fundus", "dataset_rare_source"]
 
 
 def test_transfer_family_comes_from_the_same_factory_with_pretraining_and_its_datasets(factory):
