@@ -32,6 +32,25 @@ def collect(cells_root: Path, abl: AblationConfig, metrics: tuple, extra: tuple 
     return pd.DataFrame(rows)
 
 
+def start_report(cells_root: Path, abl: AblationConfig, out: Path, metrics: tuple, extra: tuple = ()) -> pd.DataFrame:
+    """The report folder (with ``figures/``) and the cells' table, also written as ``cells.csv``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "figures").mkdir(exist_ok=True)
+    cells = collect(cells_root, abl, metrics, extra)
+    cells.to_csv(out / "cells.csv", index=False)
+    return cells
+
+
+def finish_report(out: Path, md: list[str], cells: pd.DataFrame, claims: pd.DataFrame, **extra) -> dict:
+    """``report.md`` (the lines ``md`` + the gaps) and ``summary.json`` (cells finished, each claim's verdict and
+    ``extra``); returns the summary."""
+    (out / "report.md").write_text("\n".join(md + gaps_section(cells)) + "\n")
+    summary = {"n_cells": int(len(cells)), "n_finished": int((cells.status == "finished").sum()),
+               "claims": {r["claim"]: r["verdict"] for r in claims.to_dict("records")}, **extra}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    return summary
+
+
 def cell_for(abl: AblationConfig, factor: str, level: str) -> str | None:
     target = {**abl.baseline, factor: level}
     for cell in abl.cells:

@@ -44,6 +44,24 @@ def foreground(chans: list[np.ndarray]) -> np.ndarray:
     return m > threshold_otsu(m) if m.max() > m.min() else np.ones(m.shape, bool)
 
 
+def read_stacks(files: list[Path], what: str = "image", min_size: int = 32) -> list[np.ndarray]:
+    """Images to predict on as (C, H, W) float32 stacks, every file read and checked before any is used (so a
+    bad file refuses the whole batch and nothing is half-written); names must be safe ids."""
+    from medops.data.io import read_image
+    from medops.errors import DataError
+    from medops.layout import safe_id
+
+    stacks = []
+    for f in files:
+        safe_id(f.name.split(".")[0], f"{what} name")
+        arr = read_image(f, color=True).astype(np.float32)
+        if min(arr.shape[:2]) < min_size:
+            raise DataError(str(f), f"min_size: image is {arr.shape[1]}x{arr.shape[0]}",
+                            f"use {what}s of at least {min_size}x{min_size} pixels")
+        stacks.append(arr.transpose(2, 0, 1) if arr.ndim == 3 else arr[None])
+    return stacks
+
+
 def preprocess_image(stack: np.ndarray, mask: np.ndarray | None, cfg):
     """(C, H, W) stored values -> ((3, S, S) float32 in [0, 1], (S, S) uint8 mask or None, converted_gray).
 

@@ -3,7 +3,6 @@ paired per-case tests of each claim the paper makes, a loss-curve table and a mi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +10,7 @@ import pandas as pd
 from medops.config import AblationConfig
 from medops.experiments import ablation
 from medops.experiments import claims as verdicts
-from medops.experiments.ablation import baseline_cell, bar_chart, cell_for, fmt, gaps_section
+from medops.experiments.ablation import baseline_cell, bar_chart, cell_for, fmt
 from medops.experiments.stats import mean_ci, paired_test
 from medops.families.fusion_seg.references import CLAIMS_000, PAPER_000, TABLE_TITLES
 
@@ -99,10 +98,7 @@ def _md_table(table: pd.DataFrame) -> str:
 
 
 def build_report(cells_root: Path, abl: AblationConfig, out: Path, *, alpha: float = 0.05, profile: str = "") -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "figures").mkdir(exist_ok=True)
-    cells = ablation.collect(cells_root, abl, METRICS, extra=("best_val_dice",))
-    cells.to_csv(out / "cells.csv", index=False)
+    cells = ablation.start_report(cells_root, abl, out, METRICS, extra=("best_val_dice",))
     cases = per_case(cells_root, abl, cells)
     tables = ablation.factor_tables(abl, cells, METRICS, PAPER_000, METRICS)
     cl = claims(abl, cells, cases, tables, alpha)
@@ -132,11 +128,6 @@ def build_report(cells_root: Path, abl: AblationConfig, out: Path, *, alpha: flo
     md += ["", "## Missing modality at test time (baseline cell)", "", "| condition | DSC % |", "|---|---|"]
     for r in mm.itertuples():
         md.append(f"| {r.condition} | {fmt(r.dsc_mean, r.dsc_ci95)} |")
-    md += gaps_section(cells)
-    (out / "report.md").write_text("\n".join(md) + "\n")
-    summary = {"n_cells": int(len(cells)), "n_finished": int((cells.status == "finished").sum()),
-               "claims": {r["claim"]: r["verdict"] for r in cl.to_dict("records")},
-               "tri_modal_dsc": tables.get("modalities", pd.DataFrame()).set_index("level").get("dsc_mean", {}).get(
-                   abl.baseline.get("modalities"), float("nan")) if "modalities" in tables else float("nan")}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-    return summary
+    tri = tables["modalities"].set_index("level").get("dsc_mean", {}).get(abl.baseline.get("modalities"), float("nan")) \
+        if "modalities" in tables else float("nan")
+    return ablation.finish_report(out, md, cells, cl, tri_modal_dsc=tri)

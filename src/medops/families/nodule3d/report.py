@@ -5,7 +5,6 @@ tested once, by the fold that held it out)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ import pandas as pd
 
 from medops.config import AblationConfig
 from medops.experiments import claims as verdicts
-from medops.experiments.ablation import collect, convergence_note, curves_figure, gaps_section
+from medops.experiments.ablation import convergence_note, curves_figure, finish_report, start_report
 from medops.families.nodule3d.references import IFM_NOTE, PAPER_ROW, TABLE3, TABLE3_METRICS
 
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
@@ -128,10 +127,7 @@ def bar_figure(t: pd.DataFrame, out: Path) -> None:
 
 
 def build_report(cells_root: Path, abl: AblationConfig, out: Path, *, alpha: float = 0.05, profile: str = "") -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "figures").mkdir(exist_ok=True)
-    cells = collect(cells_root, abl, METRICS)
-    cells.to_csv(out / "cells.csv", index=False)
+    cells = start_report(cells_root, abl, out, METRICS)
     table = cell_table(abl, cells)
     table.to_csv(out / "table3.csv", index=False)
     cl = claims(abl, table, cells, per_case(cells_root, cells), alpha)
@@ -148,9 +144,4 @@ def build_report(cells_root: Path, abl: AblationConfig, out: Path, *, alpha: flo
           f"out; α = {alpha}; MDE at power {verdicts.POWER:.0%})", "",
           *verdicts.markdown(cl, metric="AUC", scale=1, digits=3), "",
           "The best single scale is the one with the best mean validation AUC (chosen without the test folds)."]
-    md += gaps_section(cells)
-    (out / "report.md").write_text("\n".join(md) + "\n")
-    summary = {"n_cells": int(len(cells)), "n_finished": int((cells.status == "finished").sum()),
-               "claims": {r["claim"]: r["verdict"] for r in cl.to_dict("records")}}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-    return summary
+    return finish_report(out, md, cells, cl)

@@ -9,9 +9,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from medops.data.io import read_image, write_png
+from medops.data.io import write_png
 from medops.errors import DataError
-from medops.layout import file_in, safe_id
+from medops.layout import file_in
 
 CLS_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".nii", ".nii.gz")
 
@@ -35,16 +35,10 @@ def predict_classification(ref, inp: Path, out: Path, default_pre) -> list[dict]
 
     from medops.config import from_logged_params
     from medops.explain import gradcam
-    from medops.preprocess.classification_2d import preprocess_image
+    from medops.preprocess.classification_2d import preprocess_image, read_stacks
 
     files = _cls_inputs(inp)
-    stacks = []
-    for f in files:  # refuse the whole batch on the first bad file: nothing half-written
-        safe_id(f.name.split(".")[0], "image name")
-        arr = read_image(f, color=True).astype(np.float32)
-        if min(arr.shape[:2]) < 32:
-            raise DataError(str(f), f"min_size: image is {arr.shape[1]}x{arr.shape[0]}", "use images of at least 32x32 pixels")
-        stacks.append(arr.transpose(2, 0, 1) if arr.ndim == 3 else arr[None])
+    stacks = read_stacks(files)  # refuse the whole batch on the first bad file: nothing half-written
     params, tags = ref.params, ref.tags
     classes = json.loads(tags.get("classes", "[]"))
     pcfg = from_logged_params(params, default_pre, "preprocess_cls")

@@ -4,14 +4,15 @@ of the paper tested by a one-sided paired bootstrap of test AUC (probabilities a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from medops.config import AblationConfig
 from medops.experiments import claims as verdicts
-from medops.experiments.ablation import bar_chart, cell_for, collect, convergence_note, curves_figure, fmt, gaps_section
+from medops.experiments.ablation import (
+    bar_chart, cell_for, convergence_note, curves_figure, finish_report, fmt, start_report,
+)
 from medops.experiments.ablation import factor_tables as shared_factor_tables
 from medops.families.transfer_cls.references import CLAIMS_002, PAPER_002, TABLE_TITLES_002
 
@@ -64,10 +65,7 @@ def _md_table(t: pd.DataFrame) -> str:
 
 
 def build_report(cells_root: Path, abl: AblationConfig, out: Path, *, alpha: float = 0.05, profile: str = "") -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "figures").mkdir(exist_ok=True)
-    cells = collect(cells_root, abl, METRICS)
-    cells.to_csv(out / "cells.csv", index=False)
+    cells = start_report(cells_root, abl, out, METRICS)
     tables = factor_tables(abl, cells)
     cl = claims(abl, cells, per_case(cells_root, cells), alpha)
     cl.to_csv(out / "claims.csv", index=False)
@@ -87,9 +85,4 @@ def build_report(cells_root: Path, abl: AblationConfig, out: Path, *, alpha: flo
     md += ["## Convergence", "", *convergence_note(abl, "validation loss"), "",
            f"## Claims (one-sided paired bootstrap of test AUC, per-case probabilities averaged over seeds; α = {alpha}; "
            f"MDE at power {verdicts.POWER:.0%})", "", *verdicts.markdown(cl, metric="AUC", scale=1, digits=3)]
-    md += gaps_section(cells)
-    (out / "report.md").write_text("\n".join(md) + "\n")
-    summary = {"n_cells": int(len(cells)), "n_finished": int((cells.status == "finished").sum()),
-               "claims": {r["claim"]: r["verdict"] for r in cl.to_dict("records")}}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-    return summary
+    return finish_report(out, md, cells, cl)

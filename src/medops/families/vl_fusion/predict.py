@@ -12,11 +12,9 @@ import json
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
-from medops.data.io import file_sha256, read_image
+from medops.data.io import file_sha256
 from medops.errors import DataError
-from medops.layout import file_in, safe_id
+from medops.layout import file_in
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
 TRIAGE = ("normal", "non_urgent", "urgent")
@@ -59,16 +57,10 @@ def predict_reports(ref, inp: Path, out: Path, default_pre) -> list[dict]:
     from medops.config import from_logged_params
     from medops.families.vl_fusion import text
     from medops.families.vl_fusion.evaluation import attention_figure, attention_maps
-    from medops.preprocess.classification_2d import preprocess_image
+    from medops.preprocess.classification_2d import preprocess_image, read_stacks
 
     files, supplied = _inputs(Path(inp))
-    stacks = []
-    for f in files:        # refuse the whole batch on the first bad file: nothing half-written
-        safe_id(f.name.split(".")[0], "image name")
-        arr = read_image(f, color=True).astype(np.float32)
-        if min(arr.shape[:2]) < 32:
-            raise DataError(str(f), f"min_size: image is {arr.shape[1]}x{arr.shape[0]}", "use radiographs of at least 32x32 pixels")
-        stacks.append(arr.transpose(2, 0, 1) if arr.ndim == 3 else arr[None])
+    stacks = read_stacks(files, "radiograph")   # every file read and checked before anything is written
     pcfg = from_logged_params(ref.params, default_pre, "preprocess_vl")
     beam = int(ref.params.get("vl_fusion.evaluate.beam", 3))
     tok = _tokenizer(ref)

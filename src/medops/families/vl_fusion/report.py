@@ -6,7 +6,6 @@ Wilcoxon tests on the same test images (per-image scores averaged over seeds), j
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import pandas as pd
 
 from medops.config import AblationConfig
 from medops.experiments import claims as verdicts
-from medops.experiments.ablation import collect, convergence_note, curves_figure, fmt, gaps_section
+from medops.experiments.ablation import convergence_note, curves_figure, finish_report, fmt, start_report
 from medops.experiments.stats import mean_ci, paired_test
 from medops.families.vl_fusion.family import METRICS
 from medops.families.vl_fusion.references import ROW_OF, TABLE1, TABLE2, TABLE3, TABLE3_ROW
@@ -126,10 +125,7 @@ def bar_figure(t: pd.DataFrame, out: Path) -> None:
 
 
 def build_report(cells_root: Path, abl: AblationConfig, out: Path, *, alpha: float = 0.05, profile: str = "") -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "figures").mkdir(exist_ok=True)
-    cells = collect(cells_root, abl, METRICS)
-    cells.to_csv(out / "cells.csv", index=False)
+    cells = start_report(cells_root, abl, out, METRICS)
     t = cell_table(abl, cells)
     t.to_csv(out / "table_cells.csv", index=False)
     cl = claims(abl, cells, cells_root, alpha)
@@ -168,9 +164,4 @@ def build_report(cells_root: Path, abl: AblationConfig, out: Path, *, alpha: flo
           f"## Claims (one-sided Wilcoxon signed-rank on per-image scores, seeds averaged; α = {alpha}; MDE at power "
           f"{verdicts.POWER:.0%}; CIDEr-D × 100, hard negatives in % of images)", "",
           *verdicts.markdown(cl, metric="", scale=100, digits=1), ""]
-    md += gaps_section(cells)
-    (out / "report.md").write_text("\n".join(md) + "\n")
-    summary = {"n_cells": int(len(cells)), "n_finished": int((cells.status == "finished").sum()),
-               "claims": {r["claim"]: r["verdict"] for r in cl.to_dict("records")}}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-    return summary
+    return finish_report(out, md, cells, cl)
