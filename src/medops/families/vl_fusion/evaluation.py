@@ -126,13 +126,16 @@ def attention_figure(images, maps, titles: list[str], path, *, suptitle: str = "
     for ax, img, m, t in zip(axes[0], images, maps, titles):
         img = np.asarray(img, float)
         ax.imshow(img, cmap="gray")
-        up = np.kron(m, np.ones((img.shape[0] // m.shape[0], img.shape[1] // m.shape[1])))
-        ax.imshow(up / max(up.max(), 1e-9), cmap="jet", alpha=0.35, extent=(0, img.shape[1], img.shape[0], 0))
+        import cv2
+
+        up = cv2.resize(np.asarray(m, np.float32), (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
+        up = (up - up.min()) / max(float(up.max() - up.min()), 1e-9)
+        ax.imshow(up, cmap="jet", alpha=0.3, extent=(0, img.shape[1], img.shape[0], 0))
         ax.set_title("\n".join(textwrap.wrap(t, 40)[:6]), fontsize=6)
         ax.axis("off")
     if suptitle:
         fig.suptitle(suptitle, fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.93) if suptitle else None)
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
