@@ -28,6 +28,8 @@ class CxrReportsConfig:
     workers: int = 1
 
     def check_values(self, where: str) -> None:
+        if not self.prevalence:     # (every stage of every family builds this section: import the simulator only
+            return                  # when there is something to check)
         from medops.data.cxr_sim import FINDINGS
 
         for f, p in self.prevalence.items():
