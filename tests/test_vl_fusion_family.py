@@ -188,7 +188,7 @@ def test_words_outside_the_vocabulary_are_counted_and_logged(raw, cfg, tmp_path)
 # ------------------------------------------------------------------ the family end to end (slow)
 @pytest.mark.slow
 def test_dvc_repro_whole_family_through_ablation_report_promotion_and_prediction(tmp_path):
-    """The family's stages through `dvc repro` at smoke (a 3-cell, 2-seed ablation), each depending on the code it
+    """The family's stages through `dvc repro` at smoke (a 3-cell, 1-seed ablation), each depending on the code it
     ran; Tables 1-3 shaped report with the claims; the best cell promoted on CIDEr-D and clinical F1; the champion
     predicts a report, triage, a match score and an attention map from a PNG and a DICOM radiograph."""
     from dvc_deps import uncovered
@@ -197,7 +197,7 @@ def test_dvc_repro_whole_family_through_ablation_report_promotion_and_prediction
 
     def small(p):
         a = p["ablation"]["vl_fusion"]
-        a["seeds"] = [1, 2]
+        a["seeds"] = [1]            # one seed keeps CI short; the verdict logic over seeds is tested elsewhere
         a["cells"] = {k: a["cells"][k] for k in ("full", "concat", "text")}
 
     edit_params(dst / "params.yaml", small)
