@@ -114,15 +114,22 @@ def preprocess_vl(root: Path, out: Path, image_cfg, text_cfg, *, split_fractions
     return index, msg
 
 
+def check_triage_labels(labels, where: str) -> None:
+    """Every label is a triage class (the head's 3 classes)."""
+    from medops.data.cxr_sim import TRIAGE
+
+    bad = sorted(set(pd.Series(labels).astype(str)) - set(TRIAGE))
+    if bad:
+        raise MedopsError(where, f"triage label(s) {bad} unknown", f"use {list(TRIAGE)} (urgent: pneumothorax "
+                          "or a large effusion; non_urgent: any other finding; normal: none)")
+
+
 def triage_order(index: pd.DataFrame, out: Path) -> pd.DataFrame:
     """Class indices in the triage head's order (normal, non-urgent, urgent) whatever order the dataset lists
     its labels in (a labels.csv of your own: sorted names)."""
     from medops.data.cxr_sim import TRIAGE
 
-    bad = sorted(set(index.label.astype(str)) - set(TRIAGE))
-    if bad:
-        raise MedopsError("labels", f"triage label(s) {bad} unknown", f"use {list(TRIAGE)} (urgent: pneumothorax "
-                          "or a large effusion; non_urgent: any other finding; normal: none)")
+    check_triage_labels(index.label, "labels")
     index = index.assign(label_idx=index.label.astype(str).map({c: i for i, c in enumerate(TRIAGE)}).astype(int))
     index.to_parquet(Path(out) / "index.parquet", index=False)
     stats = json.loads((Path(out) / "preprocess.json").read_text())
@@ -147,8 +154,9 @@ def true_findings(root: Path, table: pd.DataFrame) -> list[dict]:
 class VLDataset(torch.utils.data.Dataset):
     """One split's ``(image, prompt_ids, prompt_mask, report_ids, report_mask, negative_ids, negative_mask,
     triage)`` — with ``enc_tok`` (a pretrained text encoder's own tokenizer) the prompt and negatives are in
-    its vocabulary and each item ends with the report's ids for the encoder ``(…, enc_ids, enc_mask)``. Training draws one of the case's reference reports per item (from torch's seeded generator,
-    so a resumed run draws the same); validation and test use the first. A case without a hard negative gets
+    its vocabulary and each item ends with the report's ids for the encoder ``(…, enc_ids, enc_mask)``.
+    Training draws one of the case's reference reports per item (from torch's seeded generator, so a resumed
+    run draws the same); validation and test use the first. A case without a hard negative gets
     the next case's report as its negative."""
 
     def __init__(self, pre_dir: Path, index: pd.DataFrame, split: str | None, tok, *, max_len: int, prompt: str,
@@ -165,32 +173,30 @@ class VLDataset(torch.utils.data.Dataset):
         self.labels = torch.tensor(rows.label_idx.to_numpy(np.int64))
         self.sample = sample_reports
         self.k = max(len(r) for r in self.reports) if self.reports else 1
-        enc = [text.encode(tok, [r[j % len(r)] for r in self.reports], max_len) for j in range(self.k)]
-        self.ids = torch.tensor(np.stack([e.ids for e in enc], 1))                # (N, k, L)
-        self.mask = torch.tensor(np.stack([e.mask for e in enc], 1))
+        def reports_as(encode):       # every case's k reports: (N, k, L) ids and masks, and the encodings
+            e = [encode([r[j % len(r)] for r in self.reports]) for j in range(self.k)]
+            return torch.tensor(np.stack([x.ids for x in e], 1)), torch.tensor(np.stack([x.mask for x in e], 1)), e
+
+        self.ids, self.mask, enc = reports_as(lambda t: text.encode(tok, t, max_len))
         self.truncated = sorted({i for e in enc for i in e.truncated})
         negs = [reps.loc[c, "hard_negative"] or self.reports[(i + 1) % len(self.reports)][0]
                 for i, c in enumerate(self.case_ids)]
-        n = text.encode(tok, negs, max_len)
-        self.neg_ids, self.neg_mask = torch.tensor(n.ids), torch.tensor(n.mask)
-        # the split's longest text sets the width (trailing padding changes no output and costs time)
-        width = max(int(self.mask.sum(-1).max()), int(self.neg_mask.sum(-1).max()), 2)
-        self.ids, self.mask = self.ids[..., :width].contiguous(), self.mask[..., :width].contiguous()
-        self.neg_ids, self.neg_mask = self.neg_ids[:, :width].contiguous(), self.neg_mask[:, :width].contiguous()
-        p = text.encode(tok, [prompt], prompt_len, bos_eos=False)
-        self.prompt_ids, self.prompt_mask = torch.tensor(p.ids[0]), torch.tensor(p.mask[0])
         self.enc = enc_tok is not None
         if self.enc:     # a pretrained text encoder reads its own vocabulary: prompt, negatives and the reports
-            e = [text.encode_for_encoder(enc_tok, [r[j % len(r)] for r in self.reports], max_len) for j in range(self.k)]
-            self.enc_ids = torch.tensor(np.stack([x.ids for x in e], 1))
-            self.enc_mask = torch.tensor(np.stack([x.mask for x in e], 1))
-            n = text.encode_for_encoder(enc_tok, negs, max_len)
-            self.neg_ids, self.neg_mask = torch.tensor(n.ids), torch.tensor(n.mask)
-            p = text.encode_for_encoder(enc_tok, [prompt], prompt_len)
-            self.prompt_ids, self.prompt_mask = torch.tensor(p.ids[0]), torch.tensor(p.mask[0])
-            w = max(int(self.enc_mask.sum(-1).max()), int(self.neg_mask.sum(-1).max()), 2)
-            self.enc_ids, self.enc_mask = self.enc_ids[..., :w].contiguous(), self.enc_mask[..., :w].contiguous()
-            self.neg_ids, self.neg_mask = self.neg_ids[:, :w].contiguous(), self.neg_mask[:, :w].contiguous()
+            self.enc_ids, self.enc_mask, _ = reports_as(lambda t: text.encode_for_encoder(enc_tok, t, max_len))
+            n, p = text.encode_for_encoder(enc_tok, negs, max_len), text.encode_for_encoder(enc_tok, [prompt], prompt_len)
+        else:
+            n, p = text.encode(tok, negs, max_len), text.encode(tok, [prompt], prompt_len, bos_eos=False)
+        self.neg_ids, self.neg_mask = torch.tensor(n.ids), torch.tensor(n.mask)
+        self.prompt_ids, self.prompt_mask = torch.tensor(p.ids[0]), torch.tensor(p.mask[0])
+        # the split's longest text sets the width; the negatives share it with the text encoder's reports
+        if self.enc:
+            self.ids, self.mask = text.trim_padding(self.ids, self.mask)
+            self.enc_ids, self.enc_mask, self.neg_ids, self.neg_mask = text.trim_padding(
+                self.enc_ids, self.enc_mask, self.neg_ids, self.neg_mask)
+        else:
+            self.ids, self.mask, self.neg_ids, self.neg_mask = text.trim_padding(
+                self.ids, self.mask, self.neg_ids, self.neg_mask)
 
     @property
     def match_ids(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,22 +13,19 @@ from medops.families.vl_fusion.config import TRUNKS, CxrReportsConfig, VLFusionC
 
 METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider_d", "clinical_f1", "triage_accuracy",
            "triage_macro_f1", "triage_auc", "i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5", "hard_negative_accuracy")
-TRIAGE = ("normal", "non_urgent", "urgent")
 
 
 def check_reports(root: Path, manifest) -> list[str]:
     """The validation gate's text rules: reports.csv (and hard_negatives.csv) readable as UTF-8 with the
     required columns and no empty report, and every image paired with a report and every report with an image."""
-    from medops.families.vl_fusion.data import check_pairs, read_reports
-
-    from medops.data.cxr_sim import TRIAGE
+    from medops.families.vl_fusion.data import check_pairs, check_triage_labels, read_reports
 
     root = Path(root)
     if "label" in manifest:
-        bad = sorted(set(manifest.label.astype(str)) - set(TRIAGE))
-        if bad:
-            return [f"labels: triage label(s) {bad} unknown. Fix: use {list(TRIAGE)} (urgent: pneumothorax or a large "
-                    "effusion; non_urgent: any other finding; normal: none)"]
+        try:
+            check_triage_labels(manifest.label, "labels")
+        except MedopsError as exc:
+            return [str(exc)]
     try:
         reps = read_reports(root / "reports.csv")
         check_pairs(reps, manifest.case_id.astype(str).unique(), root / "reports.csv")
@@ -200,10 +197,12 @@ class VLFusion(Family):
     def training_datasets(self, fcfg, pre, index):
         from medops.families.vl_fusion.data import VLDataset
 
-        tok, pc = self._tokenizer(fcfg), self._pcfg()
-        m = getattr(self, "_run_model", fcfg.model)
-        kw = dict(max_len=pc.max_len, prompt=m.prompt, prompt_len=m.prompt_len, enc_tok=encoder_tokenizer(m))
+        tok, kw = self._tokenizer(fcfg), self._text_kw(getattr(self, "_run_model", fcfg.model))
         return (VLDataset(pre, index, "train", tok, sample_reports=True, **kw), VLDataset(pre, index, "val", tok, **kw))
+
+    def _text_kw(self, m) -> dict:
+        """How a dataset encodes the texts for the model ``m``: length, prompt, the text encoder's tokenizer."""
+        return dict(max_len=self._pcfg().max_len, prompt=m.prompt, prompt_len=m.prompt_len, enc_tok=encoder_tokenizer(m))
 
     def task(self, net, train_cfg, train_ds):
         from medops.families.vl_fusion.task import VLFusionTask
@@ -212,6 +211,7 @@ class VLFusion(Family):
         return VLFusionTask(net, train_cfg, lambdas=(lc.lambda_ce, lc.lambda_cl, lc.lambda_seq), margin=lc.margin)
 
     def run_tags(self, index, train_ds, task):
+        from medops.data.cxr_sim import TRIAGE
         from medops.data.io import file_sha256
 
         tok = train_ds.pre_dir / "tokenizer.json"
@@ -232,8 +232,7 @@ class VLFusion(Family):
     def _test(self, fcfg, pre, index, m):
         from medops.families.vl_fusion.data import VLDataset
 
-        tok, pc = self._tokenizer(fcfg), self._pcfg()
-        kw = dict(max_len=pc.max_len, prompt=m.prompt, prompt_len=m.prompt_len, enc_tok=encoder_tokenizer(m))
+        tok, kw = self._tokenizer(fcfg), self._text_kw(m)
         return tok, VLDataset(pre, index, "test", tok, **kw), kw
 
     def evaluate(self, net, pre, index, out, *, history_csv, fcfg, model_cfg):

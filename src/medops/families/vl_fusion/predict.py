@@ -12,12 +12,12 @@ import json
 import tempfile
 from pathlib import Path
 
+from medops.data.cxr_sim import TRIAGE
 from medops.data.io import file_sha256
 from medops.errors import DataError
 from medops.layout import file_in
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
-TRIAGE = ("normal", "non_urgent", "urgent")
 
 
 def _inputs(inp: Path) -> tuple[list[Path], dict]:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from medops.engine import TaskModule
+from medops.families.vl_fusion.text import trim_padding
 
 
 def contrastive(d_pos: torch.Tensor, d_neg: torch.Tensor, margin: float) -> torch.Tensor:
@@ -40,9 +41,9 @@ class VLFusionTask(TaskModule):
     def _losses(self, batch):
         img, p_ids, p_mask, r_ids, r_mask, n_ids, n_mask, tri = batch[:8]
         e_ids, e_mask = batch[8:10] if len(batch) > 8 else (r_ids, r_mask)   # the report as the encoder reads it
-        # trailing padding changes no output (masked in the encoder, ignored by the loss): cut it per batch
-        cut = lambda ids, m: (ids[:, :int(m.sum(1).max())], m[:, :int(m.sum(1).max())])  # noqa: E731
-        (r_ids, r_mask), (e_ids, e_mask), (n_ids, n_mask) = cut(r_ids, r_mask), cut(e_ids, e_mask), cut(n_ids, n_mask)
+        # trailing padding changes no output: cut it per batch, each text to its own longest
+        (r_ids, r_mask), (e_ids, e_mask), (n_ids, n_mask) = (trim_padding(*p) for p in
+                                                             ((r_ids, r_mask), (e_ids, e_mask), (n_ids, n_mask)))
         net = self.net
         core = net.module if hasattr(net, "module") else net
         match = self.can_match and self.l_cl > 0

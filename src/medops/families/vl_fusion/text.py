@@ -80,6 +80,13 @@ def encode(tok, texts: list[str], max_len: int, *, bos_eos: bool = True) -> Enco
     return Encoded(ids, mask, cut, n_unk)
 
 
+def trim_padding(*pairs):
+    """``(ids, mask, ids, mask, …)`` cut to the longest text among them (at least 2 tokens): trailing padding
+    changes no output (masked in the encoders, ignored by the loss) and only costs time."""
+    width = max([int(m.sum(-1).max()) for m in pairs[1::2]] + [2])
+    return [t[..., :width].contiguous() for t in pairs]
+
+
 def decode(tok, ids: list[int]) -> str:
     """Token ids (specials dropped) -> report text, with the pre-tokenizer's spaces around punctuation undone
     ("0 . 53" -> "0.53", "effusion ." -> "effusion.") and the section headers restored ("FINDINGS:")."""
