@@ -285,8 +285,7 @@ def test_the_pretrained_minilm_level_loads_its_weights_reads_its_own_vocabulary_
     assert torch.equal(net.text.net.embeddings.word_embeddings.weight, ref["embeddings.word_embeddings.weight"])
     assert not any(p.requires_grad for p in net.text.net.parameters())
     assert any(p.requires_grad for p in net.decoder.parameters())
-    fam._run_model = m
-    train_ds, _ = fam.training_datasets(fcfg, tmp_path / "data/preprocessed/cxr-reports", index)
+    train_ds, _ = fam.training_datasets(fcfg, tmp_path / "data/preprocessed/cxr-reports", index, m)
     item = train_ds[0]
     assert len(item) == 10 and int(item[8][0]) == 101                 # [CLS] of MiniLM's vocabulary
     assert int(item[3][0]) == 1 and int(item[3].max()) < len(fam._tokenizer(fcfg))   # [BOS] of the reports' own

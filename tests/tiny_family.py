@@ -150,7 +150,7 @@ class TinyBlobs(Family):
         kw = dataclasses.asdict(model_cfg)
         return get_model(kw.pop("arch"), **kw, num_classes=int(index.label_idx.max()) + 1)
 
-    def training_datasets(self, fcfg, pre, index):
+    def training_datasets(self, fcfg, pre, index, model_cfg):
         from medops.data.dataset import ClassificationDataset
 
         return ClassificationDataset(pre, index, "train"), ClassificationDataset(pre, index, "val")

@@ -122,8 +122,10 @@ class Family:
         kw = dataclasses.asdict(model_cfg)
         return get_model(kw.pop("arch"), **kw)
 
-    def training_datasets(self, fcfg, pre: Path, index):
-        """``(train, val)`` torch datasets over the preprocessed shards. *Required.*"""
+    def training_datasets(self, fcfg, pre: Path, index, model_cfg):
+        """``(train, val)`` torch datasets over the preprocessed shards, for the run whose resolved model
+        settings are ``model_cfg`` (an ablation cell's, not always ``fcfg.model``: e.g. a cell with another
+        text encoder reads its texts with that encoder's tokenizer). *Required.*"""
         raise NotImplementedError
 
     def task(self, net, train_cfg, train_ds):

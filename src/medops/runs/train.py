@@ -211,7 +211,7 @@ def _train_rank(fam, fcfg, p, pre, index, resume: bool) -> dict:
     from medops.engine import Trainer, seed_everything
     from medops.engine.distributed import env_info, shutdown
 
-    train_ds, val_ds = fam.training_datasets(fcfg, pre, index)
+    train_ds, val_ds = fam.training_datasets(fcfg, pre, index, p.model_cfg)
     seed_everything(p.train_cfg.seed)
     task = fam.task(fam.build_model(fcfg, p.model_cfg, index), p.train_cfg, train_ds)
     try:
@@ -224,7 +224,7 @@ def _train_rank(fam, fcfg, p, pre, index, resume: bool) -> dict:
 def _train_main(cfg, fam, fcfg, p, pre, index, validation, fingerprint, resume, progress, world) -> dict:
     from medops.engine import seed_everything
 
-    train_ds, val_ds = fam.training_datasets(fcfg, pre, index)
+    train_ds, val_ds = fam.training_datasets(fcfg, pre, index, p.model_cfg)
     seed_everything(p.train_cfg.seed)  # the initial weights are part of the run's seed
     net = fam.build_model(fcfg, p.model_cfg, index)
     task = fam.task(net, p.train_cfg, train_ds)

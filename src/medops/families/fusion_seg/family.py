@@ -63,7 +63,7 @@ class FusionSeg(Family):
         return idx, msg
 
     # model and training
-    def training_datasets(self, fcfg, pre, index):
+    def training_datasets(self, fcfg, pre, index, model_cfg):
         from medops.data.dataset import SegmentationShardDataset
 
         return SegmentationShardDataset(pre, index, "train"), SegmentationShardDataset(pre, index, "val")

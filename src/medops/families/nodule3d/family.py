@@ -134,7 +134,7 @@ class Nodule3D(Family):
             index = index.assign(split=np.where(index.fold == test, "test", np.where(index.fold == val, "val", "train")))
         return rating3_policy(index, prepared.model_cfg.rating3)
 
-    def training_datasets(self, fcfg, pre, index):
+    def training_datasets(self, fcfg, pre, index, model_cfg):
         from medops.families.nodule3d.data import NoduleDataset
 
         return (NoduleDataset(pre, index, "train", augment=dataclasses.asdict(fcfg.augment)),

@@ -88,7 +88,7 @@ class TransferCls(Family):
             net.load_trunk(source_state(self._source_checkpoint(model_cfg.backbone), model_cfg.backbone, self.name))
         return net
 
-    def training_datasets(self, fcfg, pre, index):
+    def training_datasets(self, fcfg, pre, index, model_cfg):
         from medops.data.dataset import ClassificationDataset
 
         return (ClassificationDataset(pre, index, "train", augment=dataclasses.asdict(fcfg.augment)),

@@ -189,15 +189,10 @@ class VLFusion(Family):
             net.image.features.load_state_dict(feats)
             net.trunk_weights = f"ImageNet ({path.name})"
 
-    def prepare(self, fcfg, *, cell, seed, pretrain, layout):
-        p = super().prepare(fcfg, cell=cell, seed=seed, pretrain=pretrain, layout=layout)
-        self._run_model = p.model_cfg        # the datasets read text with this run's encoder's tokenizer
-        return p
-
-    def training_datasets(self, fcfg, pre, index):
+    def training_datasets(self, fcfg, pre, index, model_cfg):
         from medops.families.vl_fusion.data import VLDataset
 
-        tok, kw = self._tokenizer(fcfg), self._text_kw(getattr(self, "_run_model", fcfg.model))
+        tok, kw = self._tokenizer(fcfg), self._text_kw(model_cfg)   # the run's text encoder reads its tokens
         return (VLDataset(pre, index, "train", tok, sample_reports=True, **kw), VLDataset(pre, index, "val", tok, **kw))
 
     def _text_kw(self, m) -> dict:
