@@ -145,6 +145,43 @@ def test_your_own_radiographs_and_reports_pass_the_same_gate_and_preprocess(raw,
         assert json.loads(r.findings) == {k: v for k, v in states[r.case_id].items() if k not in ("case_id", "ctr")}
 
 
+def test_triage_labels_are_optional_and_read_from_the_reports(raw, cfg, tmp_path):
+    """Your own data without triage labels — labels.csv with some labels left empty, or just the images with
+    reports.csv — passes the gate; the missing labels are the labeller's reading of each case's first report,
+    which for the simulator's reports is the true triage class; given labels are kept; the count is recorded."""
+    from medops.errors import MedopsError
+    from medops.families import get_family
+    from medops.validation.gate import require_passed
+
+    truth = dict(zip(*pd.read_parquet(raw / "manifest.parquet")[["case_id", "label"]].T.values))
+    root = _own_data(raw, tmp_path / "some")
+    lab = pd.read_csv(root / "labels.csv", dtype=str)
+    lab.loc[lab.index[::2], "label"] = ""
+    kept = lab.index[1]                                            # a given label wins over the reports' reading
+    lab.loc[kept, "label"] = "urgent" if truth[lab.case_id[kept]] != "urgent" else "normal"
+    lab.to_csv(root / "labels.csv", index=False)
+    assert _validate(root, cfg, tmp_path / "v1")["status"] == "passed"
+    require_passed(root, tmp_path / "v1")                          # the gate's record matches the folder
+    index, _ = get_family("vl_fusion", cfg).preprocess(cfg, root, tmp_path / "pre1")
+    assert dict(zip(index.case_id, index.label)) == truth | {lab.case_id[kept]: lab.label[kept]}
+    assert json.loads((tmp_path / "pre1" / "preprocess.json").read_text())["labels_derived"] == (len(lab) + 1) // 2
+
+    bare = _own_data(raw, tmp_path / "bare")                       # images at the top, no labels.csv at all
+    for f in (bare / "images").iterdir():
+        f.rename(bare / f.name)
+    (bare / "labels.csv").unlink()
+    (bare / "images").rmdir()
+    assert _validate(bare, cfg, tmp_path / "v2")["status"] == "passed"
+    index, _ = get_family("vl_fusion", cfg).preprocess(cfg, bare, tmp_path / "pre2")
+    assert dict(zip(index.case_id, index.label)) == truth
+
+    reps = pd.read_csv(bare / "reports.csv", dtype=str)            # an unlabelled image without a report
+    reps[reps.case_id != reps.case_id.iloc[0]].to_csv(bare / "reports.csv", index=False)
+    with pytest.raises(MedopsError, match="neither a triage label nor a report"):
+        _validate(bare, cfg, tmp_path / "v3")
+    assert not (tmp_path / "v3" / "summary.json").exists()
+
+
 def test_a_dicom_radiograph_without_pixel_data_is_refused(raw, cfg, tmp_path):
     from medops.validation.gate import ValidationFailed
 

@@ -60,8 +60,25 @@ def _assign_split(man: pd.DataFrame, fractions: dict, seed: int) -> pd.DataFrame
     return pd.concat(parts).sort_index()
 
 
-def load_manifest(root: str | Path, split_fractions: dict | None = None, split_seed: int = 0) -> pd.DataFrame:
-    """The dataset's manifest as a table (one row per image file), whatever the layout."""
+def _case_id(rel: str) -> str:
+    return rel.rsplit(".", 2 if rel.endswith(".nii.gz") else 1)[0].replace("/", "_")
+
+
+def _unlabelled_files(root: Path) -> pd.DataFrame:
+    """The files directly under ``root`` that are not layout or table files: one image per case."""
+    rows = [{"case_id": _case_id(f.name), "path": f.name} for f in sorted(root.iterdir())
+            if f.is_file() and not f.name.startswith(".") and f.suffix.lower() not in (".csv", ".json", ".md", ".txt")]
+    return pd.DataFrame(rows, columns=["case_id", "path"])
+
+
+def load_manifest(root: str | Path, split_fractions: dict | None = None, split_seed: int = 0, *,
+                  labeler=None) -> pd.DataFrame:
+    """The dataset's manifest as a table (one row per image file), whatever the layout.
+
+    ``labeler``: ``manifest -> labels`` for the rows without one, for a family that can read a label from
+    something else the dataset holds (e.g. the class from each case's report). With it, ``labels.csv``
+    may leave ``label`` empty or out, and a folder of images with no ``labels.csv`` is read as one case per
+    image; the derived labels are marked in the column ``label_derived``."""
     root = Path(root)
     if (root / "manifest.parquet").exists():
         return pd.read_parquet(root / "manifest.parquet")
@@ -72,13 +89,21 @@ def load_manifest(root: str | Path, split_fractions: dict | None = None, split_s
         except Exception as exc:
             raise DataError(str(root / "labels.csv"), f"manifest_readable: not a valid CSV ({exc})",
                             "save labels.csv as comma-separated text with a header row") from exc
-        missing = {"path", "label"} - set(man.columns)
+        missing = {"path"} | (set() if labeler else {"label"})
+        missing -= set(man.columns)
         if missing:
             raise DataError(str(root / "labels.csv"), f"manifest_columns: missing {sorted(missing)}",
-                            "labels.csv needs at least the columns path,label")
+                            "labels.csv needs at least the columns path,label" if labeler is None else
+                            "labels.csv needs at least the column path (label may be left empty)")
         man["case_id"] = man.get("case_id", man.path.map(lambda p: Path(p).with_suffix("").as_posix().replace("/", "_")))
         man["patient_id"] = man.get("patient_id", man.case_id)
         man["modality"] = man.get("modality", "image")
+    elif labeler is not None and not _class_dirs(root):
+        man = _unlabelled_files(root)
+        if man.empty:
+            raise DataError(str(root), "manifest_exists: no images, labels.csv or class folders",
+                            "put the images in the dataset folder (one per case), or a labels.csv with path")
+        man["patient_id"], man["modality"] = man.case_id, "image"
     else:
         classes = _class_dirs(root)
         if not classes:
@@ -89,9 +114,17 @@ def load_manifest(root: str | Path, split_fractions: dict | None = None, split_s
             for f in sorted((root / cls).rglob("*")):
                 if f.is_file() and not f.name.startswith("."):
                     rel = f.relative_to(root).as_posix()
-                    cid = rel.rsplit(".", 2 if rel.endswith(".nii.gz") else 1)[0].replace("/", "_")
+                    cid = _case_id(rel)
                     rows.append({"case_id": cid, "patient_id": cid, "modality": "image", "path": rel, "label": cls})
         man = pd.DataFrame(rows, columns=["case_id", "patient_id", "modality", "path", "label"])
+    if labeler is not None:
+        lab = man["label"] if "label" in man else pd.Series(pd.NA, index=man.index, dtype=object)
+        todo = lab.isna() | (lab.astype(str).str.strip() == "")
+        man["label_derived"] = todo
+        if todo.any():
+            lab = lab.astype(object).copy()
+            lab[todo] = list(labeler(man[todo]))
+        man["label"] = lab.astype(str)
     if "split" not in man.columns or man.split.isna().all():
         man = _assign_split(man.drop(columns=["split"], errors="ignore"), fractions, split_seed)
     return man.reset_index(drop=True)
@@ -104,7 +137,8 @@ def manifest_digest(root: str | Path, manifest: pd.DataFrame | None = None) -> s
     root = Path(root)
     if (root / "manifest.parquet").exists():
         return file_sha256(root / "manifest.parquet")
-    man = manifest if manifest is not None else load_manifest(root)
+    # without a manifest at hand, labels a family derives are not read: they follow from files digested here
+    man = manifest if manifest is not None else load_manifest(root, labeler=lambda m: [""] * len(m))
     h = hashlib.sha256()
     for r in man.sort_values("path").itertuples():
         p = root / r.path

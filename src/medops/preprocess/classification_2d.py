@@ -114,10 +114,12 @@ def _work(args):
 
 def preprocess_classification(root: str | Path, out: str | Path, cfg, *,
                               split_fractions: dict | None = None, split_seed: int = 0,
-                              progress: bool = True) -> pd.DataFrame:
+                              progress: bool = True, labeler=None) -> pd.DataFrame:
+    """``labeler``: labels for the images that have none (:func:`medops.data.readers.load_manifest`);
+    how many were derived is written to ``preprocess.json``."""
     root, out = Path(root), Path(out)
     info = dataset_info(root)
-    man = load_manifest(root, split_fractions, split_seed)
+    man = load_manifest(root, split_fractions, split_seed, labeler=labeler)
     classes = class_list(info, man)
     (out / "shards").mkdir(parents=True, exist_ok=True)
     rows, todo = [], []
@@ -145,6 +147,7 @@ def preprocess_classification(root: str | Path, out: str | Path, cfg, *,
              "class_counts": {c: int((index.label == c).sum()) for c in classes},
              "split_counts": {s: {c: int(((index.split == s) & (index.label == c)).sum()) for c in classes}
                               for s in ("train", "val", "test")},
-             "converted_gray_to_rgb": n_gray}
+             "converted_gray_to_rgb": n_gray,
+             "labels_derived": int(man.drop_duplicates("case_id").get("label_derived", pd.Series(dtype=bool)).sum())}
     (out / "preprocess.json").write_text(json.dumps(stats, indent=2))
     return index

@@ -52,6 +52,38 @@ def read_reports(path: Path, *, what: str = "reports.csv") -> pd.DataFrame:
     return df
 
 
+def report_labeler(root: Path):
+    """Triage labels for images that have none: the rule-based labeller reads the findings of each case's
+    first report and the triage rule turns them into normal / non_urgent / urgent (as good as the labeller
+    reads your reports' wording; the number derived is in preprocess.json as ``labels_derived``)."""
+    path = Path(root) / "reports.csv"
+
+    def label(man: pd.DataFrame) -> list[str]:
+        from medops.data.cxr_sim import read_findings, triage
+
+        reps = read_reports(path)
+        if "report_idx" in reps:
+            reps = reps.sort_values(["case_id", "report_idx"], kind="stable")
+        first = reps.groupby(reps.case_id.astype(str), sort=False).report.first()
+        ids = man.case_id.astype(str)
+        missing = sorted(set(ids) - set(first.index))
+        if missing:
+            raise MedopsError(str(path), f"{len(missing)} image(s) with neither a triage label nor a report, e.g. "
+                              f"case_id {missing[:3]}", "add their reports (the label is read from a case's first "
+                              "report), or give their label in labels.csv")
+        return [triage(read_findings(first[c])) for c in ids]
+
+    return label
+
+
+def build_manifest(root: Path, split_fractions: dict | None = None, split_seed: int = 0) -> pd.DataFrame:
+    """A dataset of your own: ``labels.csv`` (path, optional label) or just the images, with ``reports.csv``;
+    missing triage labels are read from the reports (:func:`report_labeler`)."""
+    from medops.data.readers import load_manifest
+
+    return load_manifest(root, split_fractions, split_seed, labeler=report_labeler(root))
+
+
 def check_pairs(reports: pd.DataFrame, case_ids, path: Path) -> None:
     """Every image has a report and every report an image."""
     cases, have = set(map(str, case_ids)), set(reports.case_id.astype(str))
@@ -75,7 +107,7 @@ def preprocess_vl(root: Path, out: Path, image_cfg, text_cfg, *, split_fractions
     root, out = Path(root), Path(out)
     reps = read_reports(root / "reports.csv")
     index = preprocess_classification(root, out, image_cfg, split_fractions=split_fractions, split_seed=split_seed,
-                                      progress=progress)
+                                      progress=progress, labeler=report_labeler(root))
     index = triage_order(index, out)
     check_pairs(reps, index.case_id, root / "reports.csv")
     neg = read_reports(root / "hard_negatives.csv", what="hard_negatives.csv") \

@@ -37,9 +37,10 @@ def check_reports(root: Path, manifest) -> list[str]:
 
 
 def _validation_spec():
+    from medops.families.vl_fusion.data import build_manifest
     from medops.validation.gate import LABELLED_IMAGES
 
-    return dataclasses.replace(LABELLED_IMAGES, extra_checks=check_reports,
+    return dataclasses.replace(LABELLED_IMAGES, extra_checks=check_reports, manifest_builder=build_manifest,
                                extra_files=lambda root: [f for f in ("reports.csv", "hard_negatives.csv")
                                                          if (Path(root) / f).exists()])
 
