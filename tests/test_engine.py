@@ -96,6 +96,18 @@ def test_early_stopping_on_the_monitor_and_a_resumed_run_stops_at_the_same_epoch
     assert len(fit(resume=True)) == 3                       # the resumed run stops right away, like the first
 
 
+def test_a_plateau_reached_in_the_last_epoch_of_the_budget_counts_as_converged():
+    """The convergence flag of an ablation cell is the stopping rule itself: best 2 epochs old when the
+    8-epoch budget ends = converged (it was recorded as 'budget ran out' before); still improving = not."""
+    from medops.engine.trainer import plateaued
+
+    dice = [0.0, 0.0, 0.02, 0.72, 0.55, 0.73, 0.55, 0.58]            # best at epoch 6 of 8, patience 2
+    assert plateaued(dice, "max", 2) and not plateaued(dice, "max", 3)
+    assert not plateaued([0.1, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.91], "max", 2)
+    assert plateaued([1.0, 0.5, 0.6, 0.7], "min", 2) and not plateaued([1.0, 0.5, 0.6, 0.7], "min", 0)
+    assert plateaued([0.5, 0.7, 0.7, 0.7], "max", 2)                 # a tie is no improvement: the first best counts
+
+
 def test_augmentation_on_the_training_split_only(tmp_path):
     """Paper 002 section 3.2: rotation, zoom and flips vary a training image between epochs; validation
     images are returned exactly as preprocessed."""

@@ -58,6 +58,16 @@ def _to_cpu(obj):
     return obj
 
 
+def plateaued(values: list[float], mode: str, patience: int) -> bool:
+    """The early-stopping rule, from the validation history alone: the best value (the first epoch reaching
+    it) is at least ``patience`` epochs old. True also when that happens in the budget's last epoch — a run
+    that plateaued exactly as its budget ended has converged."""
+    if patience <= 0 or not values:
+        return False
+    best = max(values) if mode == "max" else min(values)
+    return len(values) - 1 - values.index(best) >= patience
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
@@ -517,13 +527,7 @@ class Trainer:
 
     def _should_stop(self) -> bool:
         """Early stopping from the history alone, so a resumed run stops where an uninterrupted one would."""
-        k = self.cfg.early_stopping
-        if k <= 0 or not self.history:
-            return False
-        vals = [h[self.task.monitor] for h in self.history]
-        best = max(vals) if self.task.monitor_mode == "max" else min(vals)
-        best_i = vals.index(best)  # the first epoch reaching it: the one best.pt holds
-        return len(vals) - 1 - best_i >= k
+        return plateaued([h[self.task.monitor] for h in self.history], self.task.monitor_mode, self.cfg.early_stopping)
 
     @torch.no_grad()
     def validate(self, ds: Dataset, net: nn.Module | None = None) -> dict[str, float]:

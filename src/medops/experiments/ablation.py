@@ -24,7 +24,7 @@ def collect(cells_root: Path, abl: AblationConfig, metrics: tuple, extra: tuple 
             st = json.loads((d / "status.json").read_text()) if (d / "status.json").exists() else {"status": "missing"}
             run = json.loads((d / "run.json").read_text()) if (d / "run.json").exists() else {}
             rows.append({"cell": cell, "seed": seed, "status": st["status"], "reason": st.get("reason", ""),
-                         "epochs": st.get("epochs", np.nan), "converged": bool(st.get("early_stopped", False)),
+                         "epochs": st.get("epochs", np.nan), "converged": bool(st.get("converged", st.get("early_stopped", False))),
                          **{k: st.get(k, np.nan) for k in extra},
                          "selection": st.get("selection_score", np.nan),
                          "run_id": run.get("run_id", ""),
