@@ -52,19 +52,25 @@ def read_reports(path: Path, *, what: str = "reports.csv") -> pd.DataFrame:
     return df
 
 
-def report_labeler(root: Path):
+def ordered_reports(reps: pd.DataFrame) -> pd.DataFrame:
+    """Each case's reports in their order: ``report_idx`` when the file gives it, else the file's order."""
+    if "report_idx" not in reps:
+        reps = reps.assign(report_idx=reps.groupby("case_id").cumcount())
+    return reps.sort_values(["case_id", "report_idx"], kind="stable")
+
+
+def report_labeler(root: Path, reps: pd.DataFrame | None = None):
     """Triage labels for images that have none: the rule-based labeller reads the findings of each case's
     first report and the triage rule turns them into normal / non_urgent / urgent (as good as the labeller
-    reads your reports' wording; the number derived is in preprocess.json as ``labels_derived``)."""
+    reads your reports' wording; the number derived is in preprocess.json as ``labels_derived``). ``reps``:
+    the reports when already read (else ``root/reports.csv`` is read when a label is needed)."""
     path = Path(root) / "reports.csv"
 
     def label(man: pd.DataFrame) -> list[str]:
         from medops.data.cxr_sim import read_findings, triage
 
-        reps = read_reports(path)
-        if "report_idx" in reps:
-            reps = reps.sort_values(["case_id", "report_idx"], kind="stable")
-        first = reps.groupby(reps.case_id.astype(str), sort=False).report.first()
+        ordered = ordered_reports(read_reports(path) if reps is None else reps)
+        first = ordered.groupby(ordered.case_id.astype(str), sort=False).report.first()
         ids = man.case_id.astype(str)
         missing = sorted(set(ids) - set(first.index))
         if missing:
@@ -105,17 +111,14 @@ def preprocess_vl(root: Path, out: Path, image_cfg, text_cfg, *, split_fractions
     from medops.preprocess.classification_2d import preprocess_classification
 
     root, out = Path(root), Path(out)
-    reps = read_reports(root / "reports.csv")
+    reps = ordered_reports(read_reports(root / "reports.csv"))
     index = preprocess_classification(root, out, image_cfg, split_fractions=split_fractions, split_seed=split_seed,
-                                      progress=progress, labeler=report_labeler(root))
+                                      progress=progress, labeler=report_labeler(root, reps))
     index = triage_order(index, out)
     check_pairs(reps, index.case_id, root / "reports.csv")
     neg = read_reports(root / "hard_negatives.csv", what="hard_negatives.csv") \
         if (root / "hard_negatives.csv").exists() else pd.DataFrame(columns=list(REQUIRED))
     split = dict(zip(index.case_id.astype(str), index.split))
-    if "report_idx" not in reps:
-        reps["report_idx"] = reps.groupby("case_id").cumcount()
-    reps = reps.sort_values(["case_id", "report_idx"])
     table = pd.DataFrame({"case_id": sorted(split), "split": [split[c] for c in sorted(split)]})
     table["reports"] = [json.dumps(g.report.tolist()) for _, g in
                         reps.groupby("case_id", sort=True)]
