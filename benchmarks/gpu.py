@@ -22,6 +22,7 @@ import json
 import math
 import os
 import signal
+import shutil
 import statistics
 import subprocess
 import sys
@@ -410,6 +411,7 @@ def main(argv=None) -> dict:
     except Exception as exc:  # noqa: BLE001  (a section it needs failed)
         res["estimates"] = {"error": repr(exc)[:300]}
     res["wall_s"] = round(time.perf_counter() - t0, 1)
+    shutil.rmtree(tmp, ignore_errors=True)  # checkpoints and timing runs: nothing a reader needs
     Path(a.out).mkdir(parents=True, exist_ok=True)
     (Path(a.out) / ("gpu_smoke.json" if a.smoke else "gpu.json")).write_text(json.dumps(res, indent=2, default=str))
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
 import shutil
@@ -20,6 +21,7 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 # A syntactically valid kube config for rendering pods offline (a dummy cluster that is never contacted).
 # Set before any test module imports the kubernetes client, which reads KUBECONFIG once at import time.
 _KUBE = Path(tempfile.mkdtemp(prefix="medops-kube-")) / "config"
+atexit.register(shutil.rmtree, _KUBE.parent, True)
 _KUBE.write_text(yaml.safe_dump({
     "apiVersion": "v1", "kind": "Config", "current-context": "dummy",
     "clusters": [{"name": "dummy", "cluster": {"server": "https://127.0.0.1:6443"}}],

@@ -96,3 +96,16 @@ def test_gpu_time_slicing_config_is_valid_and_agrees_with_cells_per_gpu():
     sharing = yaml.safe_load(cm["data"]["any"])["sharing"]["timeSlicing"]["resources"][0]
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert sharing == {"name": "nvidia.com/gpu", "replicas": params["orchestration"]["cells_per_gpu"]}
+
+
+def test_local_services_refuse_to_start_on_a_nearly_full_disk(tmp_path):
+    """SeaweedFS turns read-only below 1 % free disk and MLflow uploads then fail with HTTP 500 far from the
+    cause: `services.sh start` checks first, names the folder, the rule and the fix, and starts nothing."""
+    import os
+
+    state = tmp_path / "svc"
+    r = subprocess.run(["bash", str(ROOT / "infra/local/services.sh"), "start"], capture_output=True, text=True,
+                       env={**os.environ, "MEDOPS_SERVICES_DIR": str(state), "MEDOPS_SERVICES_HEADROOM_GB": "100000"})
+    assert r.returncode == 1
+    assert f"{state} has" in r.stderr and "1 % of the disk" in r.stderr and "MEDOPS_SERVICES_DIR" in r.stderr
+    assert sorted(p.name for p in state.iterdir()) == []   # no database, no S3 store, no server

@@ -311,8 +311,12 @@ def test_predict_with_the_champion_and_refuse_bad_input(project, tmp_path):
     for m in ("us", "mg", "mri"):
         shutil.copy(src / m / "case_00001.png", case / f"{m}.png")
     out = tmp_path / "pred"
-    r = _sh(f"medops predict --model models:/fusion_seg@champion --input {case} --out {out}", dst)
+    scratch = tmp_path / "scratch"   # the model is downloaded to a temporary folder that is removed after loading
+    scratch.mkdir()
+    r = _sh(f"medops predict --model models:/fusion_seg@champion --input {case} --out {out}", dst,
+            extra_env={"TMPDIR": str(scratch)})
     assert "case_a" in r.stdout
+    assert not [p.name for p in scratch.iterdir() if p.name.startswith("medops-")]
     summary = json.loads((out / "case_a.json").read_text())
     assert summary["model_version"] == "1" and summary["image_size"] == 64 and summary["validation"] == "passed"
     from medops.data.io import read_image

@@ -30,8 +30,23 @@ wait_for() {  # url seconds
   echo "timed out waiting for $1" >&2; return 1
 }
 
+check_disk() {  # SeaweedFS marks every volume read-only below 1 % free disk: uploads then fail with HTTP 500
+  local size_k free_k need_k
+  read -r size_k free_k < <(df -Pk "$STATE" | awk 'NR==2 {print $2, $4}')
+  need_k=$(( size_k / 100 + ${MEDOPS_SERVICES_HEADROOM_GB:-3} * 1024 * 1024 ))
+  if [ "$free_k" -lt "$need_k" ]; then
+    echo "not enough free disk for the S3 store: $STATE has $(( free_k / 1024 / 1024 )) GiB free," \
+         "needs $(( need_k / 1024 / 1024 )) GiB (SeaweedFS stops accepting writes below 1 % of the disk free," \
+         "plus ${MEDOPS_SERVICES_HEADROOM_GB:-3} GiB for runs and artifacts). Free space on that disk (old" \
+         "/tmp/pytest-of-$(id -un) folders, unused DVC caches) or set MEDOPS_SERVICES_DIR to a folder on a" \
+         "larger disk." >&2
+    return 1
+  fi
+}
+
 start() {
   mkdir -p "$STATE"
+  check_disk
   [ -n "$PG_BIN" ] || { echo "PostgreSQL server binaries not found (apt-get install postgresql)" >&2; exit 1; }
   # PostgreSQL, owned by the postgres user, loopback only
   if [ ! -f "$STATE/pg/PG_VERSION" ]; then

@@ -96,8 +96,8 @@ def _gates(cfg, fam, cand, tags: dict, champion: str | None):
     champ_cases = None
     if champion is not None:
         champ_run = registry.version_run_id(fam.name, champion)
-        tmp = Path(tempfile.mkdtemp(prefix="medops-champ-"))
-        champ_cases = pd.read_csv(registry.download(champ_run, "evaluation/per_case.csv", tmp))
+        with tempfile.TemporaryDirectory(prefix="medops-champ-") as tmp:
+            champ_cases = pd.read_csv(registry.download(champ_run, "evaluation/per_case.csv", Path(tmp)))
     conv = None
     if pc.require_converged:
         epochs = int(cand.epochs) if cand.epochs == cand.epochs else "?"

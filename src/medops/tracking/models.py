@@ -35,10 +35,10 @@ class ModelRef:
             raise DataError(self.uri, "model_integrity: no SHA-256 digests recorded for this model (logged before "
                             "medops stored models as safetensors, or not by medops)",
                             "re-train and re-register it with this medops version")
-        dst = Path(tempfile.mkdtemp(prefix="medops-load-"))
-        local = self.download("model", dst)
-        verify_digests(local, self.digests, self.uri)
-        return load_safe_model_dir(local / "data" / DATA_DIR)
+        with tempfile.TemporaryDirectory(prefix="medops-load-") as dst:  # the tensors end up in memory
+            local = self.download("model", Path(dst))
+            verify_digests(local, self.digests, self.uri)
+            return load_safe_model_dir(local / "data" / DATA_DIR)
 
     def download(self, artifact_path: str, dst: Path) -> Path:
         from medops.tracking.registry import download

@@ -42,12 +42,13 @@ def _inputs(inp: Path) -> tuple[list[Path], dict]:
 def _tokenizer(ref):
     from medops.families.vl_fusion import text
 
-    local = ref.download("tokenizer", Path(tempfile.mkdtemp(prefix="medops-tok-"))) / "tokenizer.json"
-    want = ref.tags.get("tokenizer_sha256")
-    if not want or file_sha256(local) != want:
-        raise DataError(f"{ref.uri} tokenizer/tokenizer.json", "model_integrity: the tokenizer differs from the one "
-                        "recorded when the model was trained", "re-register the model from its run")
-    return text.load_tokenizer(local)
+    with tempfile.TemporaryDirectory(prefix="medops-tok-") as tmp:
+        local = ref.download("tokenizer", Path(tmp)) / "tokenizer.json"
+        want = ref.tags.get("tokenizer_sha256")
+        if not want or file_sha256(local) != want:
+            raise DataError(f"{ref.uri} tokenizer/tokenizer.json", "model_integrity: the tokenizer differs from the "
+                            "one recorded when the model was trained", "re-register the model from its run")
+        return text.load_tokenizer(local)
 
 
 def predict_reports(ref, inp: Path, out: Path, default_pre) -> list[dict]:
