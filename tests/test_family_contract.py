@@ -156,6 +156,14 @@ def test_a_family_defined_in_tests_runs_end_to_end(tmp_path):
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT / "tests")}
     env.pop("MLFLOW_TRACKING_URI", None)
+    from medops.warm import WarmServer
+
+    with WarmServer() as warm:   # as `medops run` does: the plugin is found through the client's PYTHONPATH
+        assert warm["MEDOPS_WARM"] != "0"
+        _tiny_pipeline(dst, {**env, **warm}, tmp_path)
+
+
+def _tiny_pipeline(dst, env, tmp_path):
     out = _run("medops families", dst, env).stdout
     assert "tiny_blobs: datasets ['tiny-blobs']" in out
     assert "generated 40 cases" in _run("medops generate tiny-blobs", dst, env).stdout

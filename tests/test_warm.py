@@ -70,6 +70,17 @@ def test_the_child_runs_in_the_clients_folder_with_its_environment(server, proje
     assert not any(m.endswith("medops/warm.py") for m in rec["modules"])   # the server's own code is not counted
 
 
+def test_a_plugin_family_on_the_clients_pythonpath_is_found(server, project):
+    """A family defined outside medops (params `plugins:`) is imported from the client's PYTHONPATH in the
+    warm child exactly as in a process of its own."""
+    edit_params(project / "params.yaml", lambda p: p.update(plugins=["tiny_family"]))
+    cold = _medops(["families"], project, PYTHONPATH=str(ROOT / "tests"))
+    warm = _medops(["families"], project, PYTHONPATH=str(ROOT / "tests"), MEDOPS_WARM=str(server),
+                   MEDOPS_WARM_PROBE="1")
+    assert cold.returncode == 0 and "tiny_blobs" in cold.stdout
+    assert (warm.returncode, warm.stdout) == (cold.returncode, cold.stdout)
+
+
 def test_an_unreachable_server_means_a_cold_run(project, tmp_path):
     cold = _medops(["families"], project)
     for value in (str(tmp_path / "gone.sock"), "0", ""):

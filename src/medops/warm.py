@@ -123,6 +123,9 @@ def _child(conn: socket.socket, req: dict, fds: list[int]) -> None:
         os.chdir(req["cwd"])
         os.environ.clear()
         os.environ.update(req["env"])
+        # the client's PYTHONPATH (a plugin family's folder) as its own interpreter would have put it on sys.path
+        extra = [q for q in req["env"].get("PYTHONPATH", "").split(os.pathsep) if q]
+        sys.path[1:1] = [q for q in extra if q not in sys.path]
         sys.argv = list(req["argv"])
         sys.modules.pop("medops.warm", None)     # the server's code is not the command's (import logs)
         conn.sendall(f"pid {os.getpid()}\n".encode())
