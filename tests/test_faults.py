@@ -81,7 +81,10 @@ def proj(tmp_path_factory):
         p["ablation"]["fusion_seg"]["seeds"] = [1]
     edit_params(dst / "params.yaml", small)
     _sh("git init -q && git add -A && git -c user.name=t -c user.email=t@x commit -qm init", dst)
-    _sh("dvc repro promote evaluate", dst)
+    from medops.warm import WarmServer
+
+    with WarmServer() as warm:          # the stages run warm, as under `medops run`
+        _sh("dvc repro promote evaluate", dst, **warm)
     MARKER.unlink(missing_ok=True)
     return dst
 

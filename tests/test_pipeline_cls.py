@@ -32,7 +32,7 @@ def project(tmp_path_factory):
     _sh("git init -q && git add -A && git commit -qm init", dst)
     from medops.warm import WarmServer
 
-    with WarmServer() as warm:      # as `medops run` does (test_pipeline_dvc runs its stages cold)
+    with WarmServer() as warm:      # as `medops run` does
         assert warm["MEDOPS_WARM"] != "0"
         repro = _sh(f"dvc repro {TARGETS}", dst, extra_env=warm)
     return dst, repro

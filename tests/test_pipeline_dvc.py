@@ -45,8 +45,23 @@ def project(tmp_path_factory):
     edit_params(dst / "params.yaml", lr_factor)
     _sh("git init -q && git add -A && git commit -qm init", dst)
     _sh("medops profile smoke", dst)
-    repro = _sh(f"dvc repro {FUSION_TARGETS}", dst)
+    from medops.warm import WarmServer
+
+    with WarmServer() as warm:      # as `medops run` does; the later `dvc repro`s below run cold, as by hand
+        assert warm["MEDOPS_WARM"] != "0"
+        repro = _sh(f"dvc repro {FUSION_TARGETS}", dst, extra_env=warm)
     return dst, repro
+
+
+@pytest.fixture(scope="module")
+def warm():
+    """A warm server for the orchestrator tests' tasks: each task is the same `medops` command, run in a fork of
+    the server instead of a new interpreter (as `medops run` does for DVC's stages)."""
+    from medops.warm import WarmServer
+
+    with WarmServer() as env:
+        assert env["MEDOPS_WARM"] != "0"
+        yield env
 
 
 def test_repro_produces_metrics_predictions_figures(project):
@@ -466,8 +481,8 @@ def test_ddp_two_processes_gloo_matches_one_process(project):
             p.write_bytes(b)
 
 
-def _airflow(dst, tmp_path, cmd, check=True):
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "AIRFLOW_HOME": str(tmp_path / "airflow"),
+def _airflow(dst, tmp_path, cmd, check=True, warm: dict | None = None):
+    env = {**os.environ, **(warm or {}), "PATH": f"{BIN}:{os.environ['PATH']}", "AIRFLOW_HOME": str(tmp_path / "airflow"),
            "AIRFLOW__CORE__DAGS_FOLDER": str(dst / "dags"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
            "MEDOPS_BIN": str(BIN / "medops")}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -486,7 +501,7 @@ def _task_states(tmp_path, dag_id):
     return {(t, m): s for t, m, s in rows}
 
 
-def test_tasks_are_idempotent(project):
+def test_tasks_are_idempotent(project, warm):
     """Running a task twice: same outputs, no duplicate MLflow runs or registry versions."""
     dst, _ = project
     client = _client(dst)
@@ -495,20 +510,20 @@ def test_tasks_are_idempotent(project):
     n_versions = len(client.search_model_versions("name='fusion_seg'"))
     cell = dst / "models/fusion_seg/cells/mri/seed1"
     before = {p.name: p.read_bytes() for p in cell.iterdir() if p.is_file()}
-    r = _sh("medops train fusion_seg --cell mri --seed 1", dst)
+    r = _sh("medops train fusion_seg --cell mri --seed 1", dst, extra_env=warm)
     assert "already trained with these inputs" in r.stdout
     assert {p.name: p.read_bytes() for p in cell.iterdir() if p.is_file()} == before
     metrics = (dst / "reports/fusion_seg/metrics.json").read_text()
     for cmd in ("medops train fusion_seg", "medops evaluate fusion_seg", "medops report fusion_seg",
                 "medops promote fusion_seg", "medops preprocess --dataset breast-trimodal",
                 "medops validate --dataset breast-trimodal"):
-        _sh(cmd, dst)
+        _sh(cmd, dst, extra_env=warm)
     assert (dst / "reports/fusion_seg/metrics.json").read_text() == metrics
     assert len(client.search_runs([exp])) == n_runs
     assert len(client.search_model_versions("name='fusion_seg'")) == n_versions
 
 
-def test_airflow_dags_test_runs_the_fusion_dag(project, tmp_path):
+def test_airflow_dags_test_runs_the_fusion_dag(project, tmp_path, warm):
     """`airflow dags test fusion_seg` runs every task (the same CLI verbs as dvc) on the smoke profile;
     tasks whose inputs did not change do nothing, so the DAG adds no MLflow run."""
     dst, _ = project
@@ -517,7 +532,7 @@ def test_airflow_dags_test_runs_the_fusion_dag(project, tmp_path):
     n_runs = len(client.search_runs([exp]))
     _airflow(dst, tmp_path, "airflow db migrate")
     t0 = time.time()
-    _airflow(dst, tmp_path, "airflow dags test fusion_seg")
+    _airflow(dst, tmp_path, "airflow dags test fusion_seg", warm=warm)
     wall = time.time() - t0
     states = _task_states(tmp_path, "fusion_seg")
     assert all(s == "success" for s in states.values()), states
@@ -528,7 +543,7 @@ def test_airflow_dags_test_runs_the_fusion_dag(project, tmp_path):
     assert wall < 600
 
 
-def test_failed_validation_stops_the_dag_before_preprocessing(project, tmp_path):
+def test_failed_validation_stops_the_dag_before_preprocessing(project, tmp_path, warm):
     dst, _ = project
     from medops.data.io import write_png
 
@@ -538,7 +553,7 @@ def test_failed_validation_stops_the_dag_before_preprocessing(project, tmp_path)
         write_png(mask, np.zeros((256, 256), np.uint8))              # an empty mask
         edit_params(dst / "params.yaml", lambda p: p["orchestration"].update(retries=0))
         _airflow(dst, tmp_path, "airflow db migrate")
-        r = _airflow(dst, tmp_path, "airflow dags test fusion_seg", check=False)
+        r = _airflow(dst, tmp_path, "airflow dags test fusion_seg", check=False, warm=warm)
         states = _task_states(tmp_path, "fusion_seg")
         assert states[("validate", -1)] == "failed"
         assert states[("preprocess", -1)] == "upstream_failed"
@@ -550,7 +565,7 @@ def test_failed_validation_stops_the_dag_before_preprocessing(project, tmp_path)
         _sh("medops validate --dataset breast-trimodal", dst)
 
 
-def test_kubeflow_pipeline_runs_with_the_local_runner(project, tmp_path):
+def test_kubeflow_pipeline_runs_with_the_local_runner(project, tmp_path, warm, monkeypatch):
     """The same pipeline that compiles for a cluster runs every step locally (kfp.local SubprocessRunner)."""
     import yaml
 
@@ -565,6 +580,7 @@ def test_kubeflow_pipeline_runs_with_the_local_runner(project, tmp_path):
     cwd = os.getcwd()
     try:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
+        monkeypatch.setenv("MEDOPS_WARM", warm["MEDOPS_WARM"])     # the local runner's steps inherit it
         medops_kfp.build_pipeline("fusion_seg", params)(project_dir=str(dst), medops_bin=str(BIN / "medops"))
     finally:
         os.chdir(cwd)

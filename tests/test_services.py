@@ -71,7 +71,10 @@ def served_project(services, tmp_path_factory):
         pass
     _sh(f"git init -q && medops profile smoke && dvc remote add -d s3store s3://dvc/{prefix} && "
         f"dvc remote modify s3store endpointurl {s3} && git add -A && git commit -qm init", dst, services)
-    _sh("dvc repro promote evaluate", dst, services)
+    from medops.warm import WarmServer
+
+    with WarmServer() as warm:          # the stages run warm (as under `medops run`), logging to the server
+        _sh("dvc repro promote evaluate", dst, {**services, **warm})
     _sh("git add -A && git commit -qm repro && dvc push", dst, services)
     return dst, prefix
 
