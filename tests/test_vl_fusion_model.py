@@ -127,3 +127,40 @@ def test_a_bert_style_text_encoder_is_built_from_its_config():
     with torch.no_grad():
         d = net.match_distance(net.encode_image(img), tgt, torch.ones_like(tgt))
     assert net.text.net.config.hidden_size == 48 and torch.isfinite(d).all()
+
+
+def test_a_frozen_text_encoder_is_a_deterministic_feature_extractor_computed_once_per_text():
+    """A pretrained encoder used frozen (MiniLM on the CPU profiles) runs without dropout even while the model
+    trains, and each distinct text's hidden states are computed once and reused — the same numbers as running
+    the encoder every time. Fine-tuned, it runs every time and trains with dropout."""
+    from medops.models.vl_fusion.net import TextEncoder
+
+    torch.manual_seed(0)
+    cfg = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4, "intermediate_size": 64,
+           "hidden_dropout_prob": 0.5, "attention_probs_dropout_prob": 0.5, "max_position_embeddings": 16}
+    enc = TextEncoder("bert", 8, 50, 16, cfg)
+    ids = torch.randint(3, 50, (4, 6))
+    ids[1] = ids[0]                                   # the same text twice in one batch
+    mask = torch.ones_like(ids)
+    mask[2, 4:] = 0
+    calls = []
+    enc.net.register_forward_hook(lambda m, a, o: calls.append(len(a[0]) if a else 0))
+    for p in enc.net.parameters():
+        p.requires_grad_(False)
+    enc.train()
+    assert not enc.net.training and enc.proj.training
+    first = enc(ids, mask)
+    with torch.no_grad():
+        direct = enc.proj(enc.net(input_ids=ids, attention_mask=mask).last_hidden_state)
+    assert torch.allclose(first, direct, atol=1e-6)
+    n = len(calls)
+    again = enc(ids[[3, 0, 2]], mask[[3, 0, 2]])
+    assert len(calls) == n and torch.allclose(again, first[[3, 0, 2]], atol=1e-6)   # reused, not recomputed
+    first.sum().backward()                            # the projection still trains
+    assert enc.proj.weight.grad is not None
+    for p in enc.net.parameters():
+        p.requires_grad_(True)
+    enc.train()
+    assert enc.net.training
+    a, b = enc(ids, mask), enc(ids, mask)
+    assert not torch.allclose(a, b)                   # fine-tuned: dropout on, computed every time

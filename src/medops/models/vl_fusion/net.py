@@ -117,9 +117,34 @@ class TextEncoder(nn.Module):
         else:
             raise ValueError(f"text encoder {kind!r}: use albert | bert")
         self.proj = nn.Linear(self.net.config.hidden_size, width)
+        self._features: dict = {}       # frozen encoder: its output per text (a pure function of the ids)
+
+    @property
+    def frozen(self) -> bool:
+        """No encoder weight trains (a pretrained encoder used as a feature extractor): it then runs in eval
+        mode (no dropout) and each text's hidden states are computed once and reused, since they cannot change."""
+        return not any(p.requires_grad for p in self.net.parameters())
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen:
+            self.net.eval()
+        return self
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.net(input_ids=ids, attention_mask=mask).last_hidden_state)
+        if not self.frozen:
+            self._features.clear()
+            return self.proj(self.net(input_ids=ids, attention_mask=mask).last_hidden_state)
+        if self.net.training:
+            self.net.eval()
+        keys = [(a.tobytes(), b.tobytes()) for a, b in zip(ids.cpu().numpy(), mask.cpu().numpy())]
+        todo = list({k: i for i, k in enumerate(keys) if k not in self._features}.values())
+        if todo:
+            with torch.no_grad():
+                out = self.net(input_ids=ids[todo], attention_mask=mask[todo]).last_hidden_state
+            for j, i in enumerate(todo):
+                self._features.setdefault(keys[i], out[j])
+        return self.proj(torch.stack([self._features[k] for k in keys]))
 
 
 class CrossAttentionLayer(nn.Module):
