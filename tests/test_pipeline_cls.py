@@ -174,7 +174,10 @@ def test_airflow_runs_the_transfer_dag_from_the_same_factory(project, tmp_path):
     exp = client.get_experiment_by_name("transfer_cls").experiment_id
     n_runs = len(client.search_runs([exp], max_results=500))
     _airflow(dst, tmp_path, "airflow db migrate")
-    _airflow(dst, tmp_path, "airflow dags test transfer_cls")
+    from medops.warm import WarmServer
+
+    with WarmServer() as warm:      # each task is the same `medops` command, forked from a warm server
+        _airflow(dst, tmp_path, "airflow dags test transfer_cls", warm=warm)
     states = _task_states(tmp_path, "transfer_cls")
     assert all(s == "success" for s in states.values()), states
     assert {("pretrain_densenet201", -1), ("validate_gaucher_ct", -1), ("preprocess_rare_source", -1)} <= set(states)
