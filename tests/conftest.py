@@ -55,6 +55,17 @@ def copy_project(dst: Path, cells: dict | None = None) -> Path:
 
 
 @pytest.fixture(scope="session")
+def warm():
+    """One warm server for the session (as `medops run` starts one): pass the returned env to a subprocess and
+    each `medops` command it runs is forked from the server instead of importing torch, MONAI and MLflow anew."""
+    from medops.warm import WarmServer
+
+    with WarmServer() as env:
+        assert env["MEDOPS_WARM"] != "0"
+        yield env
+
+
+@pytest.fixture(scope="session")
 def smoke_cfg():
     return load_config(ROOT / "params.yaml", profile="smoke")
 

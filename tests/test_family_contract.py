@@ -134,7 +134,7 @@ def _run(cmd: str, cwd: Path, env: dict, check: bool = True) -> subprocess.Compl
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_a_family_defined_in_tests_runs_end_to_end(tmp_path):
+def test_a_family_defined_in_tests_runs_end_to_end(tmp_path, warm):
     """generate -> validate -> preprocess -> train -> ablation cells -> evaluate -> report -> promote -> predict
     of `tiny_blobs` (tests/tiny_family.py) through the `medops` CLI, with nothing outside tests/ knowing it."""
     for folder in ("src", "dags", "components", "infra", "benchmarks"):
@@ -156,14 +156,7 @@ def test_a_family_defined_in_tests_runs_end_to_end(tmp_path):
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT / "tests")}
     env.pop("MLFLOW_TRACKING_URI", None)
-    from medops.warm import WarmServer
-
-    with WarmServer() as warm:   # as `medops run` does: the plugin is found through the client's PYTHONPATH
-        assert warm["MEDOPS_WARM"] != "0"
-        _tiny_pipeline(dst, {**env, **warm}, tmp_path)
-
-
-def _tiny_pipeline(dst, env, tmp_path):
+    env.update(warm)        # as `medops run` does: the plugin is found through the client's PYTHONPATH
     out = _run("medops families", dst, env).stdout
     assert "tiny_blobs: datasets ['tiny-blobs']" in out
     assert "generated 40 cases" in _run("medops generate tiny-blobs", dst, env).stdout

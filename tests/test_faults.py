@@ -73,7 +73,7 @@ def _snapshot(dst: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def proj(tmp_path_factory):
+def proj(tmp_path_factory, warm):
     dst = copy_project(tmp_path_factory.mktemp("faults") / "medops", cells={"tri_attention": {}})
 
     def small(p):
@@ -81,10 +81,7 @@ def proj(tmp_path_factory):
         p["ablation"]["fusion_seg"]["seeds"] = [1]
     edit_params(dst / "params.yaml", small)
     _sh("git init -q && git add -A && git -c user.name=t -c user.email=t@x commit -qm init", dst)
-    from medops.warm import WarmServer
-
-    with WarmServer() as warm:          # the stages run warm, as under `medops run`
-        _sh("dvc repro promote evaluate", dst, **warm)
+    _sh("dvc repro promote evaluate", dst, **warm)          # the stages run warm, as under `medops run`
     MARKER.unlink(missing_ok=True)
     return dst
 

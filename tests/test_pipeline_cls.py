@@ -21,7 +21,7 @@ TARGETS = "transfer_cls_promote transfer_cls_evaluate"
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def project(tmp_path_factory, warm):
     dst = copy_project(tmp_path_factory.mktemp("cls") / "medops")
     params = yaml.safe_load((dst / "params.yaml").read_text())
     params["profile"] = "smoke"
@@ -30,11 +30,7 @@ def project(tmp_path_factory):
     abl["cells"] = {"densenet201": {}, "resnet50": {"backbone": "resnet50"}, "scratch": {"weights": "none"}}
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _sh("git init -q && git add -A && git commit -qm init", dst)
-    from medops.warm import WarmServer
-
-    with WarmServer() as warm:      # as `medops run` does
-        assert warm["MEDOPS_WARM"] != "0"
-        repro = _sh(f"dvc repro {TARGETS}", dst, extra_env=warm)
+    repro = _sh(f"dvc repro {TARGETS}", dst, extra_env=warm)        # warm, as under `medops run`
     return dst, repro
 
 
@@ -163,7 +159,7 @@ def test_rerunning_a_finished_cell_does_nothing(project):
     assert "up to date" in st.stdout
 
 
-def test_airflow_runs_the_transfer_dag_from_the_same_factory(project, tmp_path):
+def test_airflow_runs_the_transfer_dag_from_the_same_factory(project, tmp_path, warm):
     """`airflow dags test transfer_cls`: per-dataset validate/preprocess, per-backbone pretraining, training,
     the mapped cells, evaluation, report and promotion all succeed; nothing already trained is retrained."""
     from test_pipeline_dvc import _airflow, _task_states
@@ -174,10 +170,7 @@ def test_airflow_runs_the_transfer_dag_from_the_same_factory(project, tmp_path):
     exp = client.get_experiment_by_name("transfer_cls").experiment_id
     n_runs = len(client.search_runs([exp], max_results=500))
     _airflow(dst, tmp_path, "airflow db migrate")
-    from medops.warm import WarmServer
-
-    with WarmServer() as warm:      # each task is the same `medops` command, forked from a warm server
-        _airflow(dst, tmp_path, "airflow dags test transfer_cls", warm=warm)
+    _airflow(dst, tmp_path, "airflow dags test transfer_cls", warm=warm)   # each task forked from the server
     states = _task_states(tmp_path, "transfer_cls")
     assert all(s == "success" for s in states.values()), states
     assert {("pretrain_densenet201", -1), ("validate_gaucher_ct", -1), ("preprocess_rare_source", -1)} <= set(states)

@@ -31,7 +31,7 @@ def _sh(cmd, cwd, check=True, extra_env: dict | None = None):
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def project(tmp_path_factory, warm):
     # a small ablation for the test suite: 4 cells x 3 seeds, one of which diverges (lr 1e30)
     dst = copy_project(tmp_path_factory.mktemp("proj") / "medops",
                        cells={"tri_attention": {}, "mri": {"modalities": "mri"}, "concat": {"fusion": "concat"},
@@ -45,23 +45,9 @@ def project(tmp_path_factory):
     edit_params(dst / "params.yaml", lr_factor)
     _sh("git init -q && git add -A && git commit -qm init", dst)
     _sh("medops profile smoke", dst)
-    from medops.warm import WarmServer
-
-    with WarmServer() as warm:      # as `medops run` does; the later `dvc repro`s below run cold, as by hand
-        assert warm["MEDOPS_WARM"] != "0"
-        repro = _sh(f"dvc repro {FUSION_TARGETS}", dst, extra_env=warm)
+    # warm, as under `medops run`; the later `dvc repro`s below run cold, as by hand
+    repro = _sh(f"dvc repro {FUSION_TARGETS}", dst, extra_env=warm)
     return dst, repro
-
-
-@pytest.fixture(scope="module")
-def warm():
-    """A warm server for the orchestrator tests' tasks: each task is the same `medops` command, run in a fork of
-    the server instead of a new interpreter (as `medops run` does for DVC's stages)."""
-    from medops.warm import WarmServer
-
-    with WarmServer() as env:
-        assert env["MEDOPS_WARM"] != "0"
-        yield env
 
 
 def test_repro_produces_metrics_predictions_figures(project):

@@ -50,7 +50,7 @@ def _sh(cmd, cwd, env, check=True):
 
 
 @pytest.fixture(scope="module")
-def served_project(services, tmp_path_factory):
+def served_project(services, tmp_path_factory, warm):
     """Smoke project (one ablation cell) run by `dvc repro` against the MLflow server, data pushed to S3."""
     dst = copy_project(tmp_path_factory.mktemp("served") / "medops", cells={"tri_attention": {}})
 
@@ -71,10 +71,7 @@ def served_project(services, tmp_path_factory):
         pass
     _sh(f"git init -q && medops profile smoke && dvc remote add -d s3store s3://dvc/{prefix} && "
         f"dvc remote modify s3store endpointurl {s3} && git add -A && git commit -qm init", dst, services)
-    from medops.warm import WarmServer
-
-    with WarmServer() as warm:          # the stages run warm (as under `medops run`), logging to the server
-        _sh("dvc repro promote evaluate", dst, {**services, **warm})
+    _sh("dvc repro promote evaluate", dst, {**services, **warm})   # warm (as under `medops run`), to the server
     _sh("git add -A && git commit -qm repro && dvc push", dst, services)
     return dst, prefix
 
