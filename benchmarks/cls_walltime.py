@@ -30,10 +30,12 @@ def main(profile: str = "quick") -> dict:
     params = yaml.safe_load((dst / "params.yaml").read_text())
     abl = params["ablation"]["transfer_cls"]
     base_ds = abl["baseline"]["dataset"]
-    one = [f"transfer_cls_ablate@{c}-{s}" for c, lv in abl["cells"].items() if (lv or {}).get("dataset", base_ds) == base_ds
+    f = "src/medops/families/transfer_cls/dvc.yaml:"       # the family's own pipeline file
+    one = [f"{f}transfer_cls_ablate@{c}-{s}" for c, lv in abl["cells"].items() if (lv or {}).get("dataset", base_ds) == base_ds
            for s in abl["seeds"]]
-    phases = [("datasets_s", ["cls_preprocess"]), ("pretrain_s", ["pretrain"]), ("main_train_evaluate_s", ["transfer_cls_evaluate"]),
-              (f"ablation_{base_ds}_s", one), ("other_cells_report_promote_s", ["transfer_cls_promote"])]
+    phases = [("datasets_s", [f + "cls_preprocess"]), ("pretrain_s", [f + "pretrain"]),
+              ("main_train_evaluate_s", [f + "transfer_cls_evaluate"]),
+              (f"ablation_{base_ds}_s", one), ("other_cells_report_promote_s", [f + "transfer_cls_promote"])]
     res = {"profile": profile, "cells_one_dataset": len(one)}
     for name, targets in phases:
         t = time.perf_counter()

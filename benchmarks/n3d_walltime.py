@@ -34,6 +34,7 @@ def main(profile: str = "quick") -> dict:
     for name, target in (("data", "n3d_preprocess"), ("main_model", "nodule3d_evaluate"),
                          ("ablation_report_promote", "n3d_promote")):
         t0 = time.perf_counter()
+        target = "src/medops/families/nodule3d/dvc.yaml:" + target     # the family's own pipeline file
         r = subprocess.run(["dvc", "repro", target], cwd=dst, env=env, capture_output=True, text=True)
         phases[name] = round(time.perf_counter() - t0, 1)
         log.append(r.stdout + r.stderr)

@@ -14,9 +14,24 @@ from pathlib import Path
 import yaml
 
 
+def pipeline_files(root: Path) -> list[Path]:
+    """The project's dvc.yaml and each family package's own (src/medops/families/<family>/dvc.yaml)."""
+    return [root / "dvc.yaml", *sorted((root / "src/medops/families").glob("*/dvc.yaml"))]
+
+
+def stage_specs(root: Path) -> dict[str, dict]:
+    """Every stage of every pipeline file, keyed as `dvc repro` takes it (`name` at the root, else `file:name`)."""
+    out = {}
+    for f in pipeline_files(root):
+        prefix = "" if f == root / "dvc.yaml" else f.relative_to(root).as_posix() + ":"
+        for name, st in yaml.safe_load(f.read_text())["stages"].items():
+            out[prefix + name] = st
+    return out
+
+
 def stage_commands(root: Path) -> dict[str, list[tuple[str, list[str]]]]:
     """Rendered command -> [(stage name, deps)], expanding `matrix` stages with params.yaml values."""
-    spec = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    spec = stage_specs(root)
     params = yaml.safe_load((root / "params.yaml").read_text())
     out: dict[str, list] = {}
 

@@ -353,7 +353,8 @@ def test_dvc_repro_whole_family_through_ablation_report_and_promotion(tmp_path):
 
     with WarmServer() as warm:      # the stages run warm, as under `medops run`
         env.update(warm)
-        out = sh("dvc repro nodule3d_evaluate n3d_promote")
+        out = sh("dvc repro src/medops/families/nodule3d/dvc.yaml:nodule3d_evaluate "
+                 "src/medops/families/nodule3d/dvc.yaml:n3d_promote")
     env.pop("MEDOPS_WARM")
     assert "padded with air" in out and "val_auc" in out
     assert uncovered(dst, tmp_path / "imports.jsonl", ROOT) == []

@@ -17,7 +17,8 @@ from conftest import copy_project
 from test_pipeline_dvc import _sh
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-TARGETS = "transfer_cls_promote transfer_cls_evaluate"
+PIPELINE = "src/medops/families/transfer_cls/dvc.yaml"     # the family's own dvc.yaml (and dvc.lock)
+TARGETS = f"{PIPELINE}:transfer_cls_promote {PIPELINE}:transfer_cls_evaluate"
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +46,10 @@ def test_every_stage_depends_on_the_code_it_runs(project):
 def test_repro_runs_pretraining_then_transfer_and_evaluates_with_gradcam(project):
     dst, repro = project
     for b in ("vgg16", "resnet50", "densenet201", "inception_v3"):
-        assert f"Running stage 'pretrain@{b}'" in repro.stdout
+        assert f"Running stage '{PIPELINE}:pretrain@{b}'" in repro.stdout
         assert (dst / f"models/transfer_cls/pretrained/{b}/best.pt").exists()
+    assert (dst / PIPELINE).with_name("dvc.lock").exists()            # the family's own lock, not the project's
+    assert not (dst / "dvc.lock").exists() or "transfer_cls" not in (dst / "dvc.lock").read_text()
     m = json.loads((dst / "reports/transfer_cls/metrics.json").read_text())
     assert {"accuracy", "precision", "recall", "f1", "auc", "energy_in_mask", "pointing_hit"} <= set(m["model"])
     lo, hi = m["ci95"]["accuracy"]

@@ -32,13 +32,27 @@ def test_an_unknown_family_is_refused_listing_the_families_and_nothing_runs(tmp_
 
 
 def test_every_family_has_run_targets_that_are_dvc_stages(smoke_cfg):
-    import yaml
+    from dvc_deps import stage_specs
 
     from medops.runs.pipeline import targets_of
 
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    stages = stage_specs(ROOT)
     for fam, targets in targets_of(smoke_cfg, smoke_cfg.raw["orchestration"]["families"]).items():
         assert targets and all(t in stages for t in targets), (fam, targets)
+
+
+def test_no_stage_depends_on_a_folder_holding_a_pipeline_file():
+    """A family's dvc.yaml (and the dvc.lock DVC writes beside it after every stage) lives in its package, so a
+    stage that depended on that package folder as a whole would change its own dependency each time it ran and
+    never be up to date: such deps must name the package's files."""
+    from dvc_deps import pipeline_files, stage_specs
+
+    homes = {f.parent.relative_to(ROOT).as_posix() for f in pipeline_files(ROOT) if f.parent != ROOT}
+    assert homes, "each family but the first keeps its stages in src/medops/families/<family>/dvc.yaml"
+    bad = [(name, d) for name, st in stage_specs(ROOT).items() for d in st.get("deps", [])
+           if any(h == d.rstrip("/") or h.startswith(d.rstrip("/") + "/") for h in homes)
+           and not st.get("always_changed")]
+    assert bad == []
 
 
 def test_a_failed_family_is_reported_with_its_reason_and_the_others_still_run(tmp_path, smoke_cfg, monkeypatch):

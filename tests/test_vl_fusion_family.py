@@ -253,7 +253,8 @@ def test_dvc_repro_whole_family_through_ablation_report_promotion_and_prediction
 
     with WarmServer() as warm:
         env.update(warm)
-        out = sh("dvc repro vl_fusion_evaluate vl_promote")
+        out = sh("dvc repro src/medops/families/vl_fusion/dvc.yaml:vl_fusion_evaluate "
+                 "src/medops/families/vl_fusion/dvc.yaml:vl_promote")
     env.pop("MEDOPS_WARM")
     assert "tokenizer of" in out.stdout + out.stderr
     assert uncovered(dst, tmp_path / "imports.jsonl", ROOT) == []
