@@ -36,8 +36,17 @@ def test_parsing_all_dags_imports_neither_torch_nor_medops(tmp_path):
     res = json.loads(out.strip().splitlines()[-1])
     assert not res["torch"] and not res["medops"]
     assert res["dags"] == ["dag_fusion_seg", "dag_nodule3d", "dag_transfer_cls", "dag_vl_fusion",
-                           "dataset_breast_trimodal", "dataset_cxr_reports", "dataset_gaucher_ct", "dataset_lidc_sim",
+                           "dataset_breast_trimodal", "dataset_cxr_reports", "dataset_cxr_source", "dataset_gaucher_ct",
+                           "dataset_lidc_sim",
                            "dataset_nf_mri", "dataset_ocular_fundus", "dataset_rare_source"]
+
+
+def test_vl_fusion_pretrains_its_trunk_on_the_source_set_before_training_and_the_cells(factory):
+    params = factory.load_params(ROOT)
+    t = factory.build_family_dag("vl_fusion", params).task_dict
+    assert "train vl_fusion --pretrain trunk" in t["pretrain_trunk"].bash_command
+    assert t["pretrain_trunk"].downstream_task_ids == {"train", "ablate"}
+    assert t["pretrain_trunk"].upstream_task_ids == {"preprocess_cxr_reports", "preprocess_cxr_source"}
 
 
 def test_transfer_family_comes_from_the_same_factory_with_pretraining_and_its_datasets(factory):

@@ -257,6 +257,8 @@ def test_dvc_repro_whole_family_through_ablation_report_promotion_and_prediction
                  "src/medops/families/vl_fusion/dvc.yaml:vl_promote")
     env.pop("MEDOPS_WARM")
     assert "tokenizer of" in out.stdout + out.stderr
+    assert "vl_fusion/dvc.yaml:vl_pretrain'" in out.stdout          # the trunk's source-domain pretraining ran
+    assert (dst / "models/vl_fusion/pretrained/trunk/best.pt").exists()
     assert uncovered(dst, tmp_path / "imports.jsonl", ROOT) == []
     assert (dst / "reports/data/cxr-reports_contact_sheet.png").exists()
     m = json.loads((dst / "reports/vl_fusion/metrics.json").read_text())
@@ -335,3 +337,54 @@ def test_the_pretrained_minilm_level_loads_its_weights_reads_its_own_vocabulary_
     tok, test_ds, _ = fam._test(fcfg, tmp_path / "data/preprocessed/cxr-reports", index, m)
     res, table = evaluate_vl(net, test_ds, tok, test_ds.states, max_len=12, progress=False, meteor=False)
     assert "i2t_r1" in res["matching"] and len(table) == len(test_ds)
+
+
+def test_the_trunk_starts_from_its_source_domain_pretraining_and_a_missing_or_foreign_one_is_refused(raw, cfg, tmp_path,
+                                                                                                    monkeypatch):
+    """With no ImageNet DenseNet121 in the torch cache the image trunk starts from `--pretrain trunk`'s checkpoint
+    (tensors only) — the whole model trained from random weights on the source set `cxr-source`; the checkpoint's
+    digest is an input of every run that uses it. `trunk_weights: source` without it, or a checkpoint of another
+    trunk, stops with the file, the rule and the fix."""
+    import dataclasses
+
+    import torch
+
+    from medops import layout
+    from medops.data.io import file_sha256
+    from medops.errors import ConfigError, MedopsError
+    from medops.families import get_family
+    from medops.families.vl_fusion.family import VLFusion
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(VLFusion, "_imagenet_file", staticmethod(lambda: tmp_path / "no-imagenet.pth"))
+    fam, fcfg = get_family("vl_fusion", cfg), cfg.family("vl_fusion")
+    index, _ = fam.preprocess(cfg, raw, tmp_path / "data/preprocessed/cxr-reports")
+    m = fcfg.model
+    assert m.trunk_weights == "imagenet"
+    assert fam.build_model(fcfg, m, index).trunk_weights.startswith("random (no ImageNet")     # nothing to start from
+    with pytest.raises(ConfigError, match="--pretrain trunk"):
+        fam.build_model(fcfg, dataclasses.replace(m, trunk_weights="source"), index)
+    with pytest.raises(MedopsError, match="not listed"):
+        fam.prepare(fcfg, cell=None, seed=None, pretrain="densenet121", layout=layout)
+    p = fam.prepare(fcfg, cell=None, seed=None, pretrain="trunk", layout=layout)
+    assert p.dataset == "cxr-source" and p.model_cfg.trunk_weights == "none" and p.kind == "pretrain:trunk"
+    assert p.out == layout.pretrained_dir("vl_fusion", "trunk") and p.train_cfg.epochs == fcfg.pretrain.epochs
+    torch.manual_seed(3)
+    source = fam.build_model(fcfg, p.model_cfg, index)
+    p.out.mkdir(parents=True)
+    torch.save({"model": source.state_dict(), "epoch": 1}, p.out / "best.pt")
+    for tw in ("imagenet", "source"):
+        net = fam.build_model(fcfg, dataclasses.replace(m, trunk_weights=tw), index)
+        assert net.trunk_weights.startswith("source-domain pretraining")
+        got = net.image.features.state_dict()
+        assert all(torch.equal(got[k], v) for k, v in source.image.features.state_dict().items())
+    assert not hasattr(fam.build_model(fcfg, dataclasses.replace(m, trunk_weights="none"), index), "trunk_weights")
+    main = fam.prepare(fcfg, cell=None, seed=None, pretrain=None, layout=layout)
+    assert main.extra_inputs == {"source_trunk": file_sha256(p.out / "best.pt")}
+    text_only = fam.build_model(fcfg, dataclasses.replace(m, fusion="text"), index)       # no image trunk to start
+    assert not hasattr(text_only, "image")
+    wide = dataclasses.replace(m, small_growth=m.small_growth * 2, trunk_weights="none")
+    torch.save({"model": fam.build_model(fcfg, wide, index).state_dict()}, p.out / "best.pt")
+    with pytest.raises(MedopsError, match="another image trunk") as e:
+        fam.build_model(fcfg, m, index)
+    assert "--pretrain trunk" in str(e.value) and str(p.out / "best.pt") in str(e.value)

@@ -56,7 +56,7 @@ class VLPreprocessConfig:
 @dataclass(frozen=True)
 class VLModelConfig:
     RULES: ClassVar[dict] = {"arch": ARCHS, "fusion": FUSIONS, "text_encoder": ("albert", "minilm"),
-                             "trunk": ("densenet121", "small"), "trunk_weights": ("imagenet", "none"),
+                             "trunk": ("densenet121", "small"), "trunk_weights": ("imagenet", "source", "none"),
                              "width": "[8, 4096]", "heads": "[1, 64]", "cross_layers": "[1, 24]",
                              "decoder_layers": "[1, 24]", "embed_dim": "[4, 4096]", "dropout": "[0, 1)",
                              "prompt_len": "[1, 64]"}
@@ -64,7 +64,9 @@ class VLModelConfig:
     fusion: str = "cross"                 # cross (the paper) | concat | visual | text | early (M4C stand-in)
     use_cbam: bool = True
     trunk: str = "densenet121"            # densenet121 (the paper) | small (small_blocks, for CPU profiles)
-    trunk_weights: str = "imagenet"       # imagenet: the local torch cache when present, else random | none
+    trunk_weights: str = "imagenet"       # imagenet: DenseNet121's from the local torch cache when present, else the
+                                          # source-domain trunk (`--pretrain trunk`) when trained, else random |
+                                          # source: the source-domain trunk (required) | none: random
     small_blocks: tuple = (2, 4, 6, 4)    # the small trunk's DenseNet blocks
     small_growth: int = 16
     text_encoder: str = "albert"          # albert (random init, config below) | minilm (pretrained, offline; BERT-style)
@@ -101,6 +103,27 @@ class VLEvaluateConfig:
 
 
 @dataclass(frozen=True)
+class VLPretrainConfig:
+    """`vl_fusion.pretrain` — source-domain pretraining of the image trunk (`medops train vl_fusion --pretrain
+    trunk`): the whole model trained from scratch with Eq. 4 on a larger simulated radiograph set (new
+    patients, its own seed), of which the trunk's weights start every later run — what `transfer_cls` does
+    for its backbones, for when no ImageNet weights are in the local torch cache."""
+    RULES: ClassVar[dict] = {"epochs": "[1, 10000]", "lr": "(0, 1)", "batch_size": "[1, 4096]"}
+    backbones: tuple = ("trunk",)         # `trunk`: the image trunk the profile's model uses (vl_fusion.model.trunk);
+                                          # a list because the Airflow DAG and Kubeflow pipeline read it as for transfer_cls
+    dataset: str = "cxr-source"           # the source set (params.yaml `cxr_source:`)
+    epochs: int = 3
+    lr: float = 0.002
+    batch_size: int = 16
+
+    def check_values(self, where: str) -> None:
+        if tuple(self.backbones) != ("trunk",):
+            raise ConfigError(f"params.yaml:{where}.backbones", f"{list(self.backbones)} is not allowed",
+                              "use [trunk]: the trunk of vl_fusion.model.trunk (trunk_weights: none starts the "
+                              "runs from random weights instead)")
+
+
+@dataclass(frozen=True)
 class VLFusionConfig:
     """params.yaml `vl_fusion:` (+ `ablation.vl_fusion`, `promote.vl_fusion`)."""
     dataset: str = "cxr-reports"
@@ -110,3 +133,4 @@ class VLFusionConfig:
     evaluate: VLEvaluateConfig = VLEvaluateConfig()
     ablation: AblationConfig = AblationConfig()
     promote: PromoteConfig = PromoteConfig()
+    pretrain: VLPretrainConfig = VLPretrainConfig()

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from medops.errors import ConfigError, MedopsError
-from medops.families.base import Family, register_family
+from medops.families.base import Family, Prepared, register_family
 from medops.families.vl_fusion.config import TRUNKS, CxrReportsConfig, VLFusionConfig, VLPreprocessConfig
 
 METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider_d", "clinical_f1", "triage_accuracy",
@@ -76,8 +76,8 @@ class VLFusion(Family):
 
     name = "vl_fusion"
     config_class = VLFusionConfig
-    sections = {"cxr_reports": CxrReportsConfig, "preprocess_vl": VLPreprocessConfig}
-    datasets = ("cxr-reports",)
+    sections = {"cxr_reports": CxrReportsConfig, "cxr_source": CxrReportsConfig, "preprocess_vl": VLPreprocessConfig}
+    datasets = ("cxr-reports", "cxr-source")     # the radiographs and reports; the source set for pretraining
     metrics = METRICS
     selection = "val_triage_macro_f1"      # needs the image (a text-only model scores chance), cheap to compute
     data_description = "PA chest radiographs with their reports (simulated from one hidden state of findings)"
@@ -115,7 +115,7 @@ class VLFusion(Family):
     def generate(self, cfg, dataset, out):
         from medops.data import cxr_sim
 
-        c = cfg.cxr_reports
+        c = cfg.cxr_source if dataset == "cxr-source" else cfg.cxr_reports
         return cxr_sim.generate(c.n_cases, c.size, c.seed, cfg.split, out, prevalence=dict(c.prevalence) or None,
                                 n_reports=c.reports_per_image, workers=c.workers)
 
@@ -147,8 +147,9 @@ class VLFusion(Family):
         enc = encoder_tokenizer(m)
         net.set_prompt(text.encode(tok, [m.prompt], m.prompt_len, bos_eos=False).ids[0] if enc is None
                        else text.encode_for_encoder(enc, [m.prompt], m.prompt_len).ids[0])
-        if start_weights and m.trunk_weights == "imagenet" and m.trunk == "densenet121":
-            self._load_imagenet_trunk(net)
+        if start_weights and m.trunk_weights != "none" and hasattr(net, "image"):   # (a text-only model has none)
+            if not (m.trunk_weights == "imagenet" and m.trunk == "densenet121" and self._load_imagenet_trunk(net)):
+                self._load_source_trunk(net, required=m.trunk_weights == "source")
         if start_weights and enc is not None:
             self._load_minilm(net, m.minilm_finetune)
         return net
@@ -171,15 +172,42 @@ class VLFusion(Family):
         net.trunk_weights = getattr(net, "trunk_weights", "random") + f"; text encoder: MiniLM ({'fine-tuned' if finetune else 'frozen'})"
 
     @staticmethod
-    def _load_imagenet_trunk(net) -> None:
-        """torchvision's ImageNet DenseNet121 from the local torch cache when it is there (never downloaded);
-        without it the trunk starts from random weights, which the run's tags record."""
-        import torch
-        import torchvision
+    def source_trunk_file() -> Path:
+        """The source-domain pretraining's checkpoint (`medops train vl_fusion --pretrain trunk`)."""
+        from medops import layout
 
-        w = torchvision.models.DenseNet121_Weights.IMAGENET1K_V1
-        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(w.url).name
-        net.trunk_weights = "random (no ImageNet DenseNet121 in the local torch cache)"
+        return layout.pretrained_dir("vl_fusion", "trunk") / "best.pt"
+
+    def _load_source_trunk(self, net, *, required: bool) -> None:
+        """The image trunk's weights from the source-domain pretraining (tensors only: ``weights_only=True``).
+        Without that checkpoint the trunk starts from random weights (recorded in the run's tags), unless
+        ``trunk_weights: source`` asked for it: then the run stops here and says how to make it."""
+        import torch
+
+        path = self.source_trunk_file()
+        if not path.exists():
+            if required:
+                raise ConfigError("params.yaml:vl_fusion.model.trunk_weights", f"'source', but there is no source-domain "
+                                  f"trunk at {path}", "run `medops train vl_fusion --pretrain trunk` (DVC stage "
+                                  "vl_pretrain) first, or set trunk_weights: imagenet or none")
+            net.trunk_weights = "random (no ImageNet DenseNet121 in the local torch cache, no source-domain trunk)"
+            return
+        state = torch.load(path, map_location="cpu", weights_only=True)["model"]
+        feats = {k[len("image.features."):]: v for k, v in state.items() if k.startswith("image.features.")}
+        own = net.image.features.state_dict()
+        if set(feats) != set(own) or any(feats[k].shape != own[k].shape for k in own):
+            raise MedopsError(str(path), "was pretrained for another image trunk than vl_fusion.model.trunk of this "
+                              "profile (its layers or shapes differ)", "rerun `medops train vl_fusion --pretrain trunk` "
+                              "(dvc repro of the vl_pretrain stage) with this profile")
+        net.image.features.load_state_dict(feats)
+        net.trunk_weights = f"source-domain pretraining ({path})"
+
+    def _load_imagenet_trunk(self, net) -> bool:
+        """torchvision's ImageNet DenseNet121 from the local torch cache when it is there (never downloaded);
+        False when it is not."""
+        import torch
+
+        path = self._imagenet_file()
         if path.exists():
             import re
 
@@ -189,6 +217,43 @@ class VLFusion(Family):
             feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
             net.image.features.load_state_dict(feats)
             net.trunk_weights = f"ImageNet ({path.name})"
+            return True
+        return False
+
+    def prepare(self, fcfg, *, cell, seed, pretrain, layout):
+        """The main model and the cells start their trunk from the source-domain pretraining when it is used
+        (its checkpoint is then an input of the run); ``--pretrain trunk`` is that pretraining: the whole model,
+        from random weights, with Eq. 4 on the source set (read with the report tokenizer of the family's
+        dataset, whose training split it was trained on, so the model has the same vocabulary)."""
+        from medops.data.io import file_sha256
+
+        if pretrain is None:
+            p = super().prepare(fcfg, cell=cell, seed=seed, pretrain=None, layout=layout)
+            src = self.source_trunk_file()
+            m = p.model_cfg
+            uses = m.trunk_weights == "source" or (m.trunk_weights == "imagenet" and not (
+                m.trunk == "densenet121" and self._imagenet_file().exists()))
+            return dataclasses.replace(p, extra_inputs={"source_trunk": file_sha256(src)}) if uses and src.exists() else p
+        if cell is not None:
+            raise MedopsError("--pretrain with --cell", "a pretraining run is not an ablation cell", "pass one of them")
+        pc = fcfg.pretrain
+        if pretrain not in pc.backbones:
+            raise MedopsError(f"--pretrain {pretrain}", "not listed for pretraining",
+                              f"use one of {list(pc.backbones)} (vl_fusion.pretrain.backbones)")
+        model_cfg = dataclasses.replace(fcfg.model, arch="vl_fusion", fusion="cross", text_encoder="albert",
+                                        trunk_weights="none")
+        train_cfg = dataclasses.replace(fcfg.train, epochs=pc.epochs, lr=pc.lr, batch_size=pc.batch_size,
+                                        early_stopping=0)
+        return Prepared(pc.dataset, model_cfg, train_cfg, layout.pretrained_dir(self.name, pretrain), f"pretrain:{pretrain}")
+
+    @staticmethod
+    def _imagenet_file() -> Path:
+        """Where torch keeps torchvision's ImageNet DenseNet121 (torch.hub cache; never downloaded here)."""
+        import torch
+        import torchvision
+
+        w = torchvision.models.DenseNet121_Weights.IMAGENET1K_V1
+        return Path(torch.hub.get_dir()) / "checkpoints" / Path(w.url).name
 
     def training_datasets(self, fcfg, pre, index, model_cfg):
         from medops.families.vl_fusion.data import VLDataset
@@ -210,14 +275,14 @@ class VLFusion(Family):
         from medops.data.cxr_sim import TRIAGE
         from medops.data.io import file_sha256
 
-        tok = train_ds.pre_dir / "tokenizer.json"
+        tok = self._pre(self.cfg.family(self.name)) / "tokenizer.json"   # (a pretraining reads its source set with it)
         return {"classes": json.dumps(list(TRIAGE)), "task": "report generation, image-report matching, triage",
                 "tokenizer_sha256": file_sha256(tok), "trunk_weights": str(getattr(task.net, "trunk_weights", "random")),
                 "text_encoder_tokenizer": "minilm" if train_ds.enc else "reports",
                 "matching_loss": str(task.can_match and task.l_cl > 0)}
 
     def after_training(self, net, val_ds, out):
-        return [(val_ds.pre_dir / "tokenizer.json", "tokenizer")]
+        return [(self._pre(self.cfg.family(self.name)) / "tokenizer.json", "tokenizer")]
 
     def activation(self):
         import torch
