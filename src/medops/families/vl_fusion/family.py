@@ -147,8 +147,11 @@ class VLFusion(Family):
         enc = encoder_tokenizer(m)
         net.set_prompt(text.encode(tok, [m.prompt], m.prompt_len, bos_eos=False).ids[0] if enc is None
                        else text.encode_for_encoder(enc, [m.prompt], m.prompt_len).ids[0])
-        if start_weights and m.trunk_weights != "none" and hasattr(net, "image"):   # (a text-only model has none)
-            if not (m.trunk_weights == "imagenet" and m.trunk == "densenet121" and self._load_imagenet_trunk(net)):
+        start = self._trunk_start(m)
+        if start_weights and start != "random" and hasattr(net, "image"):   # (a text-only model has none)
+            if start == "imagenet":
+                self._load_imagenet_trunk(net)
+            else:
                 self._load_source_trunk(net, required=m.trunk_weights == "source")
         if start_weights and enc is not None:
             self._load_minilm(net, m.minilm_finetune)
@@ -170,6 +173,15 @@ class VLFusion(Family):
         for p in net.text.net.parameters():
             p.requires_grad_(finetune)
         net.trunk_weights = getattr(net, "trunk_weights", "random") + f"; text encoder: MiniLM ({'fine-tuned' if finetune else 'frozen'})"
+
+    def _trunk_start(self, m) -> str:
+        """Where a run's image trunk starts (one rule for building the model and for the run's inputs):
+        ``imagenet`` (DenseNet121's in the local torch cache), ``source`` (the source-domain trunk) or ``random``."""
+        if m.trunk_weights == "none":
+            return "random"
+        if m.trunk_weights == "imagenet" and m.trunk == "densenet121" and self._imagenet_file().exists():
+            return "imagenet"
+        return "source"
 
     @staticmethod
     def source_trunk_file() -> Path:
@@ -202,23 +214,19 @@ class VLFusion(Family):
         net.image.features.load_state_dict(feats)
         net.trunk_weights = f"source-domain pretraining ({path})"
 
-    def _load_imagenet_trunk(self, net) -> bool:
-        """torchvision's ImageNet DenseNet121 from the local torch cache when it is there (never downloaded);
-        False when it is not."""
+    def _load_imagenet_trunk(self, net) -> None:
+        """torchvision's ImageNet DenseNet121 from the local torch cache (never downloaded; see _trunk_start)."""
+        import re
+
         import torch
 
         path = self._imagenet_file()
-        if path.exists():
-            import re
-
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            pat = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:weight|bias|running_mean|running_var))$")
-            state = {pat.sub(r"\1\2", k): v for k, v in state.items()}   # torchvision's old key names
-            feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
-            net.image.features.load_state_dict(feats)
-            net.trunk_weights = f"ImageNet ({path.name})"
-            return True
-        return False
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        pat = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:weight|bias|running_mean|running_var))$")
+        state = {pat.sub(r"\1\2", k): v for k, v in state.items()}   # torchvision's old key names
+        feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+        net.image.features.load_state_dict(feats)
+        net.trunk_weights = f"ImageNet ({path.name})"
 
     def prepare(self, fcfg, *, cell, seed, pretrain, layout):
         """The main model and the cells start their trunk from the source-domain pretraining when it is used
@@ -230,10 +238,9 @@ class VLFusion(Family):
         if pretrain is None:
             p = super().prepare(fcfg, cell=cell, seed=seed, pretrain=None, layout=layout)
             src = self.source_trunk_file()
-            m = p.model_cfg
-            uses = m.trunk_weights == "source" or (m.trunk_weights == "imagenet" and not (
-                m.trunk == "densenet121" and self._imagenet_file().exists()))
-            return dataclasses.replace(p, extra_inputs={"source_trunk": file_sha256(src)}) if uses and src.exists() else p
+            if self._trunk_start(p.model_cfg) == "source" and src.exists():
+                return dataclasses.replace(p, extra_inputs={"source_trunk": file_sha256(src)})
+            return p
         if cell is not None:
             raise MedopsError("--pretrain with --cell", "a pretraining run is not an ablation cell", "pass one of them")
         pc = fcfg.pretrain
