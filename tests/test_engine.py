@@ -108,6 +108,35 @@ def test_a_plateau_reached_in_the_last_epoch_of_the_budget_counts_as_converged()
     assert plateaued([0.5, 0.7, 0.7, 0.7], "max", 2)                 # a tie is no improvement: the first best counts
 
 
+def test_min_delta_gains_below_the_tolerance_do_not_reset_the_plateau_but_a_creep_that_adds_up_does():
+    """Early stopping's tolerance (Keras/Lightning ``min_delta``): a gain of at most ``min_delta`` over the last
+    improvement is no improvement, so noise of that size cannot keep a cell from converging; gains that add up
+    to more than ``min_delta`` still count; ``min_delta`` 0 is the plain rule."""
+    from medops.engine.trainer import plateaued
+
+    noisy = [0.60, 0.80, 0.803, 0.801, 0.806, 0.804]                # +0.006 at most after epoch 2
+    assert not plateaued(noisy, "max", 3)                            # plain rule: epoch 5's +0.003 was a new best
+    assert plateaued(noisy, "max", 3, min_delta=0.01)               # within 0.01 of epoch 2 for 4 epochs
+    creep = [0.60, 0.80, 0.806, 0.812, 0.818, 0.824]                # +0.006 an epoch keeps adding up
+    assert not plateaued(creep, "max", 3, min_delta=0.01)           # epoch 4 is > 0.01 above epoch 2: improved
+    loss = [1.0, 0.50, 0.49, 0.495, 0.48]                           # a loss: lower is better
+    assert plateaued(loss, "min", 3, min_delta=0.05) and not plateaued(loss, "min", 3)
+    assert plateaued([0.5, 0.7, 0.7, 0.7], "max", 2, min_delta=0.0) == plateaued([0.5, 0.7, 0.7, 0.7], "max", 2)
+
+
+def test_an_ablation_min_delta_reaches_the_cells_and_a_negative_one_is_refused():
+    """``ablation.<family>.min_delta`` (per profile) overrides the family's ``train.min_delta`` in every cell's
+    training config; a negative tolerance is refused before any training, naming the key."""
+    from medops.config import AblationConfig, ConfigError, TrainConfig
+
+    abl = AblationConfig(epochs=8, patience=2, min_delta=0.005, cells={"a": {}})
+    cfg = abl.cell_train("a", TrainConfig(min_delta=0.0, early_stopping=4), seed=1)
+    assert (cfg.min_delta, cfg.early_stopping, cfg.epochs) == (0.005, 2, 8)
+    assert AblationConfig(cells={"a": {}}).cell_train("a", TrainConfig(min_delta=0.02), seed=1).min_delta == 0.02
+    with pytest.raises(ConfigError, match=r"ablation\.fam\.min_delta"):
+        AblationConfig(min_delta=-0.1, cells={"a": {}}).check("fam")
+
+
 def test_augmentation_on_the_training_split_only(tmp_path):
     """Paper 002 section 3.2: rotation, zoom and flips vary a training image between epochs; validation
     images are returned exactly as preprocessed."""

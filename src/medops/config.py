@@ -163,6 +163,7 @@ class TrainConfig:
         "optimizer": ("adam", "sgd"), "lr": "(0, inf)", "weight_decay": "[0, inf)", "batch_size": "[1, inf)",
         "epochs": "[1, inf)", "loss": ("dice_bce", "ce", "focal", "ce_auc"), "auc_lambda": "(0, 10]", "dice_weight": "[0, inf)", "bce_weight": "[0, inf)",
         "scheduler": ("cosine", "step", "val_loss", "none"), "step_size": "[1, inf)", "gamma": "(0, 1]", "num_workers": "[0, inf)", "early_stopping": "[0, inf)",
+        "min_delta": "[0, inf)",
         "focal_gamma": "[0, inf)", "class_weights": ("none", "inverse_frequency"), "checkpoint_every": "[1, inf)",
         "sampler": ("random", "balanced"),
         "nonfinite_check_every": "[1, inf)", "precision": ("auto", "fp32", "bf16", "fp16"),
@@ -187,6 +188,8 @@ class TrainConfig:
     device_data_share: float = 0.5        # hold the data on the device if it fits in this share of its memory
     monitor: str = "val_dice"
     early_stopping: int = 0               # stop after this many epochs without a better monitor value (0: off)
+    min_delta: float = 0.0                # a better monitor value counts only if it beats the last improvement by
+                                          # more than this (the monitor's units; early stopping's tolerance)
     checkpoint_every: int = 1             # write last.pt every N epochs (and at the end, on early stop, on SIGTERM)
     async_checkpoint: bool = True         # write checkpoints from a CPU copy in a background thread
     nonfinite_check_every: int = 16       # read the device-side non-finite-loss flag every N steps
@@ -211,6 +214,8 @@ class AblationConfig:
     epochs: int = 2                       # the budget: at most this many epochs per cell
     patience: int | None = None           # a cell stops when its validation metric has not improved for this
                                           # many epochs (= converged); None: the family's train.early_stopping
+    min_delta: float | None = None        # the least gain that counts as an improvement (the monitor's units);
+                                          # None: the family's train.min_delta
     factors: dict = field(default_factory=dict)
     baseline: dict = field(default_factory=dict)
     cells: dict = field(default_factory=dict)
@@ -230,6 +235,10 @@ class AblationConfig:
         if self.patience is not None and self.patience < 1:
             raise ConfigError(f"{where}.patience", f"{self.patience} is not allowed (must be >= 1)",
                               "set it to the epochs without improvement that count as a plateau, or remove it")
+        if self.min_delta is not None and not (self.min_delta >= 0):
+            raise ConfigError(f"{where}.min_delta", f"{self.min_delta} is not allowed (must be >= 0)",
+                              "set it to the least gain of the validation metric that counts as an improvement "
+                              "(0: any gain), or remove it")
         for name, levels in [("baseline", self.baseline), *((f"cells.{c}", v or {}) for c, v in self.cells.items())]:
             for factor, level in levels.items():
                 if factor not in self.factors:
@@ -255,7 +264,9 @@ class AblationConfig:
         names = {f.name for f in dataclasses.fields(TrainConfig)}
         kw = {k: v for k, v in self.levels(cell).items() if k in names}
         patience = base.early_stopping if self.patience is None else self.patience
-        return dataclasses.replace(base, epochs=self.epochs, seed=seed, early_stopping=patience, **kw)
+        min_delta = base.min_delta if self.min_delta is None else float(self.min_delta)
+        return dataclasses.replace(base, epochs=self.epochs, seed=seed, early_stopping=patience, min_delta=min_delta,
+                                   **kw)
 
     def cell_model(self, cell: str, base):
         """The model config of a cell: factor levels named after model-config fields set to the cell's level

@@ -58,14 +58,21 @@ def _to_cpu(obj):
     return obj
 
 
-def plateaued(values: list[float], mode: str, patience: int) -> bool:
-    """The early-stopping rule, from the validation history alone: the best value (the first epoch reaching
-    it) is at least ``patience`` epochs old. True also when that happens in the budget's last epoch — a run
-    that plateaued exactly as its budget ended has converged."""
+def plateaued(values: list[float], mode: str, patience: int, min_delta: float = 0.0) -> bool:
+    """The early-stopping rule, from the validation history alone: the last *significant* improvement is at
+    least ``patience`` epochs old. An epoch improves only if it beats the reference — the value of the last
+    epoch that improved — by more than ``min_delta`` (the monitor's units; 0: any gain counts, and the
+    reference is then the first epoch reaching the best value). A slow creep still counts once its gains add
+    up to more than ``min_delta``, as in Keras' and Lightning's ``EarlyStopping``. True also when the plateau
+    comes in the budget's last epoch — a run that plateaued exactly as its budget ended has converged."""
     if patience <= 0 or not values:
         return False
-    best = max(values) if mode == "max" else min(values)
-    return len(values) - 1 - values.index(best) >= patience
+    sign = 1.0 if mode == "max" else -1.0
+    ref, last = values[0], 0
+    for i, v in enumerate(values[1:], start=1):
+        if sign * (v - ref) > min_delta:
+            ref, last = v, i
+    return len(values) - 1 - last >= patience
 
 
 def seed_everything(seed: int) -> None:
@@ -478,7 +485,8 @@ class Trainer:
             barrier()
             if stop:
                 if self.progress:
-                    tqdm.write(f"early stopping: no better {task.monitor} for {cfg.early_stopping} epochs")
+                    gain = f" by more than {cfg.min_delta:g}" if cfg.min_delta else ""
+                    tqdm.write(f"early stopping: {task.monitor} not better{gain} for {cfg.early_stopping} epochs")
                 self._save_last(net, opt, sched, scaler, epoch + 1, best, last)
                 break
             if guard.stop:
@@ -527,7 +535,8 @@ class Trainer:
 
     def _should_stop(self) -> bool:
         """Early stopping from the history alone, so a resumed run stops where an uninterrupted one would."""
-        return plateaued([h[self.task.monitor] for h in self.history], self.task.monitor_mode, self.cfg.early_stopping)
+        return plateaued([h[self.task.monitor] for h in self.history], self.task.monitor_mode, self.cfg.early_stopping,
+                         self.cfg.min_delta)
 
     @torch.no_grad()
     def validate(self, ds: Dataset, net: nn.Module | None = None) -> dict[str, float]:

@@ -164,6 +164,8 @@ def curves_figure(cells_root: Path, cells: pd.DataFrame, column: str, out: Path)
 
 def convergence_note(abl: AblationConfig, metric: str) -> list[str]:
     patience = f"{abl.patience} epochs" if abl.patience else "the family's train.early_stopping epochs"
+    if abl.min_delta:
+        patience += f" by more than {abl.min_delta:g}"
     return [f"Each cell trains until its {metric} has not improved for {patience} (converged: o), at most "
             f"{abl.epochs} epochs (budget ran out: x). A claim with an unconverged cell is untestable.",
             "", "![validation curves](figures/validation_curves.png)"]

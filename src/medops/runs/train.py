@@ -95,7 +95,8 @@ def _summarise(task, fam, history: list[dict], best: dict, train_cfg, fingerprin
             "selection_score": best_rec.get(fam.selection, float("nan")), "selection_metric": fam.selection,
             "epochs": len(history), "early_stopped": len(history) < train_cfg.epochs,
             # converged: the stopping rule holds at the end (also when the plateau came in the budget's last epoch)
-            "converged": plateaued([h[task.monitor] for h in history], task.monitor_mode, train_cfg.early_stopping),
+            "converged": plateaued([h[task.monitor] for h in history], task.monitor_mode, train_cfg.early_stopping,
+                                   train_cfg.min_delta),
             "final_train_loss": history[-1]["train_loss"], "final_val_loss": history[-1]["val_loss"],
             "fingerprint": fingerprint}
 
