@@ -216,6 +216,34 @@ def test_simulated_sets_pass_the_gate_and_preprocess_with_histogram_equalisation
     assert json.loads((tmp_path / "pre" / "preprocess.json").read_text())["computed"] == 0 and len(again) == len(idx)
 
 
+def test_test_evaluation_makes_grad_cam_maps_only_where_they_are_used_and_they_equal_the_full_pass(sets, tmp_path):
+    """Per-case evaluation computes Grad-CAM (a backward pass per case) only for the cases with a lesion mask
+    (localisation scores) and those the figure shows; those maps, and so the localisation scores, are the same
+    as from Grad-CAM over every test case (maps are per case: the batch does not change them)."""
+    from medops.data.dataset import ClassificationDataset
+    from medops.evaluation.classification import figure_cases, per_case_table
+    from medops.explain import gradcam, localisation_scores
+    from medops.models import get_model
+    from medops.preprocess.classification_2d import preprocess_classification
+
+    pre = tmp_path / "pre"
+    idx = preprocess_classification(sets["nf-mri"], pre, Classification2DPreprocessConfig(image_size=48), progress=False)
+    torch.manual_seed(0)
+    net = get_model("transfer_cls", backbone="densenet201", num_classes=2, weights="none").eval()
+    classes = ["normal", "nf_tumour"]
+    df, cams, ds = per_case_table(net, pre, idx, classes, n_figure_cases=2)
+    has_mask = ds.has_mask.numpy()
+    shown = figure_cases(ds.labels.numpy(), 2, 2)
+    computed = ~np.isnan(cams).all(axis=(1, 2))
+    assert set(np.flatnonzero(computed)) == set(np.flatnonzero(has_mask)) | set(shown)
+    assert computed.sum() < len(ds)                               # normals without a mask get no map
+    full = gradcam(net, ClassificationDataset(pre, idx, "test").images, class_idx=1)
+    np.testing.assert_allclose(cams[computed], full[computed], atol=1e-5)
+    for i in np.flatnonzero(has_mask):
+        assert df.energy_in_mask.iloc[i] == pytest.approx(localisation_scores(full[i], ds.masks[i].numpy())["energy_in_mask"], abs=1e-5, nan_ok=True)
+    assert df.energy_in_mask[~has_mask].isna().all() and len(df) == len(ds)
+
+
 # ------------------------------------------------------------------ backbones, losses, metrics, Grad-CAM
 BACKBONES = ["vgg16", "resnet50", "densenet201", "inception_v3"]
 

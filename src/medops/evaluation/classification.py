@@ -25,14 +25,32 @@ def predict_proba(net, ds, batch_size: int = 32, device="cpu") -> np.ndarray:
     return torch.cat(out).numpy()
 
 
-def per_case_table(net, pre_dir: Path, index: pd.DataFrame, classes: list[str], split: str = "test") -> tuple[pd.DataFrame, np.ndarray, ClassificationDataset]:
-    """One row per case: label, class probabilities, prediction and Grad-CAM localisation (cases with a mask)."""
+def figure_cases(labels, n_classes: int, n: int) -> list[int]:
+    """The cases a Grad-CAM figure shows: the first ``n`` disease cases (binary; any case for more classes),
+    else the first ``n`` cases."""
+    labels = np.asarray(labels)
+    pos = [i for i in range(len(labels)) if n_classes != 2 or labels[i] == 1]
+    return pos[:n] or list(range(min(n, len(labels))))
+
+
+def per_case_table(net, pre_dir: Path, index: pd.DataFrame, classes: list[str], split: str = "test",
+                   n_figure_cases: int = 6) -> tuple[pd.DataFrame, np.ndarray, ClassificationDataset]:
+    """One row per case: label, class probabilities, prediction and Grad-CAM localisation (cases with a mask).
+
+    Grad-CAM (a forward and a backward pass per case) is computed only where it is used: the cases with a
+    lesion mask (localisation scores) and the ``n_figure_cases`` the figure shows; the other rows of the
+    returned maps are NaN. On a test set of 222 radiographs with 39 masks that is ~5x fewer backward passes."""
     ds = ClassificationDataset(pre_dir, index, split)
     prob = predict_proba(net, ds)
     positive = 1 if len(classes) == 2 else None
-    cams = gradcam(net, ds.images, class_idx=positive)
-    df = pd.DataFrame({"case_id": ds.case_ids, "label": [classes[i] for i in ds.labels.tolist()],
-                       "label_idx": ds.labels.numpy(), "pred_idx": prob.argmax(1),
+    labels = ds.labels.numpy()
+    need = sorted(set(np.flatnonzero(ds.has_mask.numpy()).tolist()) |
+                  set(figure_cases(labels, len(classes), n_figure_cases)))
+    cams = np.full((len(ds), *ds.images.shape[-2:]), np.nan, np.float32)
+    if need:
+        cams[need] = gradcam(net, ds.images[need], class_idx=positive)
+    df = pd.DataFrame({"case_id": ds.case_ids, "label": [classes[i] for i in labels.tolist()],
+                       "label_idx": labels, "pred_idx": prob.argmax(1),
                        **{f"prob_{c}": prob[:, j] for j, c in enumerate(classes)}})
     loc = [localisation_scores(cams[i], ds.masks[i].numpy()) if bool(ds.has_mask[i]) else
            {k: np.nan for k in LOC_METRICS} for i in range(len(ds))]
@@ -59,7 +77,7 @@ def evaluate_classification(net, pre_dir: Path, index: pd.DataFrame, out: Path, 
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(exist_ok=True)
-    df, cams, ds = per_case_table(net, pre_dir, index, classes)
+    df, cams, ds = per_case_table(net, pre_dir, index, classes, n_figure_cases=n_figure_cases)
     df.to_csv(out / "per_case.csv", index=False)
     s = summarise(df, classes, n_boot)
     prevalence = float((df.label_idx == 1).mean()) if len(classes) == 2 else float("nan")
@@ -129,8 +147,7 @@ def gradcam_figure(df, cams, ds, classes, path: Path, n: int = 6, title: str = "
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pos = [i for i in range(len(df)) if df.label_idx.iloc[i] == (1 if len(classes) == 2 else df.label_idx.iloc[i])]
-    pos = pos[:n] or list(range(min(n, len(df))))
+    pos = figure_cases(df.label_idx.to_numpy(), len(classes), n)      # the cases per_case_table made maps for
     if not pos:
         return
     fig, axes = plt.subplots(2, len(pos), figsize=(2.1 * len(pos), 4.4), squeeze=False)

@@ -148,7 +148,7 @@ class TransferCls(Family):
         from medops.evaluation.classification import gradcam_figure, per_case_table, summarise
 
         classes = classes_of(index)
-        df, cams, ds = per_case_table(net, pre, index, classes)
+        df, cams, ds = per_case_table(net, pre, index, classes, n_figure_cases=fcfg.evaluate.gradcam_figure_cases)
         df.to_csv(out / "per_case.csv", index=False)
         (out / "figures").mkdir(exist_ok=True)
         gradcam_figure(df, cams, ds, classes, out / "figures" / "gradcam.png", fcfg.evaluate.gradcam_figure_cases,
