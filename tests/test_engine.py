@@ -304,3 +304,14 @@ def test_the_val_loss_scheduler_runs_in_the_trainer_and_resumes_exactly(preproce
     resumed, _ = _run(preprocessed, cfg, tmp_path / "b", resume=True)
     assert [r["lr"] for r in resumed] == pytest.approx([r["lr"] for r in full])
     assert [r["val_loss"] for r in resumed] == pytest.approx([r["val_loss"] for r in full], abs=1e-6)
+
+
+def test_the_report_states_the_tolerance_of_the_plateau_rule():
+    """A reader of the convergence section sees the rule a cell was held to, tolerance included."""
+    from medops.config import AblationConfig
+    from medops.experiments.ablation import convergence_note
+
+    plain = convergence_note(AblationConfig(epochs=8, patience=2, cells={"a": {}}), "validation DSC")[0]
+    tol = convergence_note(AblationConfig(epochs=8, patience=2, min_delta=0.005, cells={"a": {}}), "validation DSC")[0]
+    assert "2 epochs" in plain and "more than" not in plain
+    assert "2 epochs by more than 0.005" in tol and "at most 8 epochs" in tol
