@@ -75,6 +75,12 @@ def plateaued(values: list[float], mode: str, patience: int, min_delta: float = 
     return len(values) - 1 - last >= patience
 
 
+def stopped_on_plateau(history: list[dict], task, cfg) -> bool:
+    """The run's stopping rule on its validation history: the task's monitor and mode, the config's patience
+    (``early_stopping``) and tolerance (``min_delta``). The trainer stops on it; a run's ``converged`` flag is it."""
+    return plateaued([h[task.monitor] for h in history], task.monitor_mode, cfg.early_stopping, cfg.min_delta)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
@@ -535,8 +541,7 @@ class Trainer:
 
     def _should_stop(self) -> bool:
         """Early stopping from the history alone, so a resumed run stops where an uninterrupted one would."""
-        return plateaued([h[self.task.monitor] for h in self.history], self.task.monitor_mode, self.cfg.early_stopping,
-                         self.cfg.min_delta)
+        return stopped_on_plateau(self.history, self.task, self.cfg)
 
     @torch.no_grad()
     def validate(self, ds: Dataset, net: nn.Module | None = None) -> dict[str, float]:

@@ -88,15 +88,14 @@ def _run_name(family: str, p) -> str:
 
 
 def _summarise(task, fam, history: list[dict], best: dict, train_cfg, fingerprint: str, run_id: str) -> dict:
-    from medops.engine.trainer import plateaued
+    from medops.engine.trainer import stopped_on_plateau
 
     best_rec = next((h for h in history if h["epoch"] == best["epoch"]), history[-1])
     return {"run_id": run_id, "best_epoch": best["epoch"], f"best_{task.monitor}": best[task.monitor],
             "selection_score": best_rec.get(fam.selection, float("nan")), "selection_metric": fam.selection,
             "epochs": len(history), "early_stopped": len(history) < train_cfg.epochs,
             # converged: the stopping rule holds at the end (also when the plateau came in the budget's last epoch)
-            "converged": plateaued([h[task.monitor] for h in history], task.monitor_mode, train_cfg.early_stopping,
-                                   train_cfg.min_delta),
+            "converged": stopped_on_plateau(history, task, train_cfg),
             "final_train_loss": history[-1]["train_loss"], "final_val_loss": history[-1]["val_loss"],
             "fingerprint": fingerprint}
 
