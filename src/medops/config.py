@@ -183,7 +183,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     precision: str = "auto"               # auto | fp32 | bf16 | fp16 (medops.engine.policy)
-    channels_last: bool | str = "auto"    # auto (CUDA conv nets) | true | false
+    channels_last: bool | str = "auto"    # auto = true (conv nets, any device) | false
     compile: bool = False                 # torch.compile the net (pays off on long GPU runs)
     device_data_share: float = 0.5        # hold the data on the device if it fits in this share of its memory
     monitor: str = "val_dice"
