@@ -12,7 +12,8 @@
 ``channels_last``: ``auto`` (and ``true``) use the channels-last memory layout (NHWC / NDHWC) for convolutional
 nets on every device, ``false`` never. On CUDA cuDNN's tensor-core kernels want it; on the CPU oneDNN's
 convolutions are faster in it too: one training step of each family's quick model was 1.13-1.52x faster
-(``benchmarks/cpu_layout.py``, README), with the same losses to rounding (``tests/test_policy.py``). ``compile``: wrap the
+(``benchmarks/cpu_layout.py``, README). The layouts sum in another order: losses agree to rounding over a
+short run (``tests/test_policy.py``), but a run is reproducible bit for bit only within one layout. ``compile``: wrap the
 net in ``torch.compile`` (off by default: compilation costs tens of seconds, repaid on long runs).
 On CUDA the policy also turns on fused Adam and cuDNN autotuning (the shapes of a run are fixed).
 """
