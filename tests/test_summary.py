@@ -77,9 +77,14 @@ def test_a_failed_family_is_reported_with_its_reason_and_the_others_still_run(tm
     assert res["families"]["fusion_seg"]["status"] == "ok"
     text = "\n".join(out)
     assert "FAILED: ERROR: failed to reproduce broken_stage" in text and "total" in text
-    assert json.loads((tmp_path / "reports/run.json").read_text())["families"].keys() == {"transfer_cls", "fusion_seg"}
+    run = json.loads((tmp_path / "reports/run.json").read_text())
+    assert run["families"].keys() == {"transfer_cls", "fusion_seg"}
+    m = run["machine"]            # wall times are recorded with how fast the machine was
+    assert m["threads"] >= 1 and m["matmul_gflops_fp32"] > 0 and 0 < m["reference_conv_step_s"] < 60
+    assert f"reference conv training step {m['reference_conv_step_s']} s" in text
     page = (tmp_path / "reports/index.html").read_text()
     assert "FAILED after" in page and "disk full" in page and 'id="fusion_seg"' in page and 'id="nodule3d"' in page
+    assert f"reference conv\n  training step took {m['reference_conv_step_s']} s" in page
 
 
 def test_a_missing_figure_is_named_on_the_page_not_shown_broken(tmp_path):

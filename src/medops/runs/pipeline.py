@@ -52,6 +52,43 @@ def _reason(lines: list[str], rc: int) -> str:
     return f"dvc repro exited with status {rc}"
 
 
+def machine_reference(reps: int = 3) -> dict:
+    """How fast this machine is now, in a few seconds: torch's threads, an fp32 matmul rate and one training
+    step of a fixed small conv net (torchvision ResNet-18, 16 x 3 x 64², channels-last, Adam). The same
+    2-core machine type has run conv training 3-4x slower on one day than on another (README), so a run's
+    wall times are recorded with this reference and compared only between runs with similar references."""
+    import torch
+    import torchvision
+
+    threads = torch.get_num_threads()
+    a, b = torch.rand(1024, 1024), torch.rand(1024, 1024)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(reps * 4):
+        a @ b
+    gflops = 2 * 1024 ** 3 * reps * 4 / (time.perf_counter() - t) / 1e9
+    g = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = torchvision.models.resnet18(num_classes=2).to(memory_format=torch.channels_last)
+    x = torch.rand(16, 3, 64, 64, generator=g).contiguous(memory_format=torch.channels_last)
+    y = torch.arange(16) % 2
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    steps = []
+    for _ in range(reps + 1):
+        t = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        steps.append(time.perf_counter() - t)
+    steps = sorted(steps[1:])
+    return {"threads": threads, "matmul_gflops_fp32": round(gflops, 1),
+            "reference_conv_step_s": round(steps[len(steps) // 2], 3),
+            "reference": "torchvision resnet18, 16x3x64x64, channels-last, fp32, Adam: median of "
+                         f"{reps} steps after one warm-up"}
+
+
 def run_families(cfg, families: list[str], *, echo=print, dvc: str = "dvc", warm: bool = False) -> dict:
     """Reproduce each family's stages; returns (and writes to ``reports/run.json``) status and time per family.
     ``warm``: the stages' medops commands run in forks of one warm server (medops.warm)."""
@@ -70,7 +107,12 @@ def run_families(cfg, families: list[str], *, echo=print, dvc: str = "dvc", warm
 def _run_families(cfg, families, targets, echo, dvc, env) -> dict:
     logs = REPORTS / "run"
     logs.mkdir(parents=True, exist_ok=True)
-    run = {"profile": cfg.profile, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "families": {}}
+    run = {"profile": cfg.profile, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "machine": machine_reference(), "families": {}}
+    m = run["machine"]
+    echo(f"machine: {m['threads']} torch threads, fp32 matmul {m['matmul_gflops_fp32']} GFLOP/s, reference conv "
+         f"training step {m['reference_conv_step_s']} s (wall times compare between runs with similar numbers)",
+         flush=True)
     t_all = time.perf_counter()
     for i, fam in enumerate(families, 1):
         echo(f"\n===== [{fam}] {i}/{len(families)}: dvc repro {' '.join(targets[fam])}", flush=True)
@@ -105,6 +147,7 @@ def _run_families(cfg, families, targets, echo, dvc, env) -> dict:
     echo("\n===== wall time (profile " + cfg.profile + ")")
     for fam, rec in run["families"].items():
         echo(f"  {fam:<14} {rec['wall_s'] / 60:6.1f} min  {rec['status']}")
-    echo(f"  {'total':<14} {run['total_s'] / 60:6.1f} min")
+    echo(f"  {'total':<14} {run['total_s'] / 60:6.1f} min   (machine: reference conv step "
+         f"{m['reference_conv_step_s']} s, matmul {m['matmul_gflops_fp32']} GFLOP/s)")
     echo(f"summary page: {Path(page).resolve()}  (open it in a browser)")
     return run
