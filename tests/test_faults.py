@@ -40,8 +40,21 @@ def _env(**extra):
     return env
 
 
+_WARM: dict = {}     # the session's warm server (set below): `medops` commands fork from it, as under `medops run`
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _warm_commands(warm):
+    _WARM.update(warm)
+    yield
+    _WARM.clear()
+
+
 def _sh(cmd, cwd, check=True, **env):
-    r = subprocess.run(cmd, cwd=cwd, shell=True, capture_output=True, text=True, env=_env(**env))
+    """Run ``cmd`` in a shell; its `medops` commands run warm (same code, exit status and output as a process
+    of its own: tests/test_warm.py), which saves the ~10 s of imports per command. Popen with ``_env()`` for
+    a command that must be a process of its own (its pid is checked)."""
+    r = subprocess.run(cmd, cwd=cwd, shell=True, capture_output=True, text=True, env=_env(**{**_WARM, **env}))
     if check and r.returncode:
         raise AssertionError(f"{cmd} -> {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
     return r
