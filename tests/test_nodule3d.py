@@ -324,7 +324,7 @@ def test_augmentation_flips_and_shifts_with_air_and_is_seeded():
 
 # ------------------------------------------------------------------ the family end to end (slow)
 @pytest.mark.slow
-def test_dvc_repro_whole_family_through_ablation_report_and_promotion(tmp_path):
+def test_dvc_repro_whole_family_through_ablation_report_and_promotion(tmp_path, warm):
     """The family's stages run through `dvc repro` at smoke (a 5-cell, 2-fold ablation), each depending on the
     code it ran; the report is Table 3 shaped with the claims; the best cell is promoted."""
     from dvc_deps import uncovered
@@ -349,12 +349,9 @@ def test_dvc_repro_whole_family_through_ablation_report_and_promotion(tmp_path):
         return r.stdout + r.stderr
 
     sh("git init -q && git add -A && git commit -qm init && medops profile smoke")
-    from medops.warm import WarmServer
-
-    with WarmServer() as warm:      # the stages run warm, as under `medops run`
-        env.update(warm)
-        out = sh("dvc repro src/medops/families/nodule3d/dvc.yaml:nodule3d_evaluate "
-                 "src/medops/families/nodule3d/dvc.yaml:n3d_promote")
+    env.update(warm)        # the session's warm server: the stages run warm, as under `medops run`
+    out = sh("dvc repro src/medops/families/nodule3d/dvc.yaml:nodule3d_evaluate "
+             "src/medops/families/nodule3d/dvc.yaml:n3d_promote")
     env.pop("MEDOPS_WARM")
     assert "padded with air" in out and "val_auc" in out
     assert uncovered(dst, tmp_path / "imports.jsonl", ROOT) == []

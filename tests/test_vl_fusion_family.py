@@ -224,7 +224,7 @@ def test_words_outside_the_vocabulary_are_counted_and_logged(raw, cfg, tmp_path)
 
 # ------------------------------------------------------------------ the family end to end (slow)
 @pytest.mark.slow
-def test_dvc_repro_whole_family_through_ablation_report_promotion_and_prediction(tmp_path):
+def test_dvc_repro_whole_family_through_ablation_report_promotion_and_prediction(tmp_path, warm):
     """The family's stages through `dvc repro` at smoke (a 3-cell, 1-seed ablation), each depending on the code it
     ran; Tables 1-3 shaped report with the claims; the best cell promoted on CIDEr-D and clinical F1; the champion
     predicts a report, triage, a match score and an attention map from a PNG and a DICOM radiograph."""
@@ -249,12 +249,9 @@ def test_dvc_repro_whole_family_through_ablation_report_promotion_and_prediction
         return r
 
     sh("git init -q && git add -A && git commit -qm init && medops profile smoke")
-    from medops.warm import WarmServer
-
-    with WarmServer() as warm:
-        env.update(warm)
-        out = sh("dvc repro src/medops/families/vl_fusion/dvc.yaml:vl_fusion_evaluate "
-                 "src/medops/families/vl_fusion/dvc.yaml:vl_promote")
+    env.update(warm)        # the session's warm server: the stages run warm, as under `medops run`
+    out = sh("dvc repro src/medops/families/vl_fusion/dvc.yaml:vl_fusion_evaluate "
+             "src/medops/families/vl_fusion/dvc.yaml:vl_promote")
     env.pop("MEDOPS_WARM")
     assert "tokenizer of" in out.stdout + out.stderr
     assert "vl_fusion/dvc.yaml:vl_pretrain'" in out.stdout          # the trunk's source-domain pretraining ran
