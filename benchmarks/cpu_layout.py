@@ -1,7 +1,8 @@
 """Does the channels-last memory layout speed up training on this CPU? One optimiser step (forward, backward,
 Adam) of each family's quick model in the default layout (NCHW / NCDHW) and in channels-last
 (NHWC / NDHWC), the two interleaved round by round so drift on a shared machine hits both; medians compared.
-Also the machine's fp32 matmul rate, so that times measured on different days can be compared.
+Also how fast the machine was (``medops run``'s machine reference: threads, fp32 matmul rate, one
+ResNet-18 step), so that times measured on different days can be compared.
 
     python benchmarks/cpu_layout.py quick          # or smoke; writes results/cpu_layout_<profile>.json
 
@@ -19,15 +20,7 @@ from _common import ROOT, save
 from medops.config import load_config
 from medops.families import get_family
 from medops.models import get_model
-
-
-def matmul_gflops(n: int = 2048, reps: int = 8) -> float:
-    a, b = torch.rand(n, n), torch.rand(n, n)
-    a @ b
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
+from medops.runs.pipeline import machine_reference
 
 
 def _image_loss(net, batch):
@@ -114,8 +107,8 @@ def main(profile: str = "quick", rounds: int = 4) -> dict:
         rows[name] = {"default_s_per_step": round(ma, 3), "channels_last_s_per_step": round(mb, 3),
                       "speed_up": round(ma / mb, 2)}
         print(name, rows[name], flush=True)
-    res = {"profile": profile, "threads": torch.get_num_threads(), "rounds": rounds,
-           "matmul_gflops_fp32": round(matmul_gflops(), 1), "torch": torch.__version__, "models": rows}
+    res = {"profile": profile, "rounds": rounds, "machine": machine_reference(), "torch": torch.__version__,
+           "models": rows}
     save(f"cpu_layout_{profile}", res)
     return res
 
