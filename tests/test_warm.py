@@ -161,3 +161,34 @@ def test_the_server_does_not_outlive_the_process_that_started_it(tmp_path):
         os.kill(server, signal.SIGKILL)
         pytest.fail("the warm server outlived its parent")
     assert not sock.exists()
+
+
+def test_the_preload_covers_a_tracked_commands_first_mlflow_call(tmp_path):
+    """What a training stage imports on its first MLflow call — the SQL store (its SQLAlchemy mappers),
+    alembic's schema check, GitPython, the CLI — is already in the warm server: a fork pays for none of it
+    (~3 s a stage on 2 cores, benchmarks/warm_start.py). Checked the way a fork sees it: after PRELOAD, the
+    same calls as `medops train` import no module of those libraries anew (in a project whose MLflow database
+    exists: creating it runs the schema migrations once)."""
+    code = f"""
+import importlib, json, sys
+from medops.warm import PRELOAD
+for name in PRELOAD:
+    importlib.import_module(name)
+before = set(sys.modules)
+import medops.cli  # noqa: F401  (the command's own code is imported by the command)
+from medops.tracking.mlflow_run import git_commit, run_status, start_or_resume_run
+run = start_or_resume_run("fam", "r", tags={{"git_commit": git_commit({str(ROOT)!r})}}, root={str(tmp_path)!r})
+import mlflow
+mlflow.end_run()
+assert run_status(run.info.run_id, {str(tmp_path)!r}) == "FINISHED"
+new = sorted(m for m in set(sys.modules) - before
+             if m.split(".")[0] in ("alembic", "sqlalchemy", "git", "gitdb", "typer", "mako")
+             or m.startswith(("mlflow.store.tracking", "mlflow.store.model_registry", "mlflow.store.db")))
+print(json.dumps(new))
+"""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": ""}
+    for _ in range(2):      # the first call creates the project's mlflow.db (its migrations run once); the second
+        r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                           env=env)     # is what every later stage does
+        assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == [], r.stdout[-2000:]

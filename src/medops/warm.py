@@ -30,9 +30,20 @@ from pathlib import Path
 ENV = "MEDOPS_WARM"
 # third-party libraries only: the medops modules a command imports must still be imported by that command
 # (the DVC dependency check reads them from sys.modules)
-PRELOAD = ("numpy", "pandas", "pyarrow.parquet", "scipy.ndimage", "scipy.stats", "PIL.Image", "yaml",
-           "torch", "torchvision", "monai", "mlflow", "mlflow.pytorch", "torchmetrics", "safetensors.torch",
-           "matplotlib", "pydicom", "SimpleITK", "skimage", "tqdm", "sklearn.metrics", "psutil")
+LIBRARIES = ("numpy", "pandas", "pyarrow.parquet", "scipy.ndimage", "scipy.stats", "PIL.Image", "yaml",
+             "torch", "torchvision", "monai", "mlflow", "mlflow.pytorch", "torchmetrics", "safetensors.torch",
+             "matplotlib", "pydicom", "SimpleITK", "skimage", "tqdm", "sklearn.metrics", "psutil")
+# what every tracked command imports next, on its first MLflow call: the SQL stores (SQLAlchemy's mappers are
+# configured on import), alembic's schema check, GitPython for the run's commit tag, the figures' backend,
+# the text encoders' modules (vl_fusion) — ~3 s a stage on this 2-core machine (benchmarks/warm_start.py).
+# Importing them creates no engine, connection or thread, so the fork stays clean.
+STORES = ("mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store",
+          "mlflow.store.tracking.sqlalchemy_workspace_store", "mlflow.store.db.trace_analytics_backfill_75868b020152",
+          "mlflow.store.db.trace_analytics_schema_75868b020152",
+          "alembic.runtime.migration", "alembic.command", "git", "matplotlib.backends.backend_agg",
+          "transformers.models.albert.modeling_albert", "transformers.models.bert.modeling_bert", "jinja2", "typer", "sqlalchemy.dialects.sqlite",
+          "alembic.config", "pyarrow.dataset", "skimage.filters", "skimage.transform", "skimage.exposure")
+PRELOAD = LIBRARIES + STORES
 _HDR = struct.Struct("!I")
 
 
@@ -217,12 +228,14 @@ class WarmServer:
     """``with WarmServer() as env:`` a warm server for the block; ``env`` holds ``MEDOPS_WARM`` to pass
     to subprocesses (empty when it could not start: the commands then run cold)."""
 
-    def __init__(self, directory: str | Path | None = None, *, timeout_s: float = 120.0):
+    def __init__(self, directory: str | Path | None = None, *, timeout_s: float = 120.0,
+                 preload: tuple[str, ...] | None = None):
         import tempfile
 
         # a Unix socket path must stay under ~100 bytes: the temp folder, not the (deep) project folder
         self.path = Path(directory or tempfile.gettempdir()) / f"medops-warm-{os.getpid()}-{id(self) % 10**6}.sock"
         self.timeout_s = timeout_s
+        self.preload = preload          # None: PRELOAD
         self.proc = None
 
     def __enter__(self) -> dict:
@@ -230,7 +243,8 @@ class WarmServer:
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.unlink(missing_ok=True)
-        self.proc = subprocess.Popen([sys.executable, "-m", "medops.warm", str(self.path)],
+        names = [] if self.preload is None else ["--preload", ",".join(self.preload)]
+        self.proc = subprocess.Popen([sys.executable, "-m", "medops.warm", str(self.path), *names],
                                      stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline and self.proc.poll() is None:
@@ -256,4 +270,7 @@ def _term(_sig, _frame):
 
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, _term)
-    serve(sys.argv[1])
+    if len(sys.argv) > 3 and sys.argv[2] == "--preload":
+        serve(sys.argv[1], preload=tuple(n for n in sys.argv[3].split(",") if n))
+    else:
+        serve(sys.argv[1])
