@@ -160,3 +160,45 @@ def test_manifest_changed_after_validation_is_refused(dataset_copy, tmp_path):
     _corrupt_missing_modality(dataset_copy, _first_case(dataset_copy))
     with pytest.raises(DataError, match="manifest changed"):
         require_passed(dataset_copy, tmp_path / "rep")
+
+
+def test_content_check_rehashes_only_files_whose_stat_changed_and_sees_an_edit_with_its_old_mtime(
+        dataset_copy, tmp_path, monkeypatch):
+    """Every stage checks the whole dataset against the validated SHA-256s; a file whose stat (size, mtime,
+    ctime, inode) is unchanged since it last hashed right is not read again. An edit that keeps the size and
+    puts the old mtime back still changes ctime, so it is re-hashed and refused, naming the file."""
+    import medops.validation.gate as gate
+    from medops.errors import DataError
+
+    assert _validate(dataset_copy, tmp_path / "rep").exit_code == 0
+    monkeypatch.chdir(tmp_path)                 # the record lives in the working folder's .medops/
+    reads = []
+    real = gate.file_sha256
+    monkeypatch.setattr(gate, "file_sha256", lambda p: reads.append(Path(p).name) or real(p))
+    gate.require_passed(dataset_copy, tmp_path / "rep")
+    n_files = len(reads)
+    assert n_files > 10 and (tmp_path / ".medops" / "digests").is_dir()
+    reads.clear()
+    gate.require_passed(dataset_copy, tmp_path / "rep")
+    assert reads == []                          # nothing changed: nothing read
+
+    mask = next(dataset_copy.glob("mask/*.png"))
+    st = mask.stat()
+    data = bytearray(mask.read_bytes())
+    data[-20] ^= 0xFF                           # same size, different content
+    mask.write_bytes(bytes(data))
+    os.utime(mask, ns=(st.st_atime_ns, st.st_mtime_ns))     # the old mtime put back
+    assert mask.stat().st_mtime_ns == st.st_mtime_ns and mask.stat().st_size == st.st_size
+    with pytest.raises(DataError, match="validated_content") as err:
+        gate.require_passed(dataset_copy, tmp_path / "rep")
+    assert mask.name in str(err.value) and reads == [mask.name]
+
+    # a validated file replaced by a symlink to the same bytes: refused as a link, content notwithstanding
+    mask.write_bytes(bytes(data[:-20]) + bytes([data[-20] ^ 0xFF]) + bytes(data[-19:]))   # the original back
+    gate.require_passed(dataset_copy, tmp_path / "rep")
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(mask.read_bytes())
+    mask.unlink()
+    mask.symlink_to(outside)
+    with pytest.raises(DataError, match="symlinks are not allowed"):
+        gate.require_passed(dataset_copy, tmp_path / "rep")

@@ -429,9 +429,66 @@ def require_passed(root: str | Path, report_dir: str | Path, verify_content: boo
         if files is None:
             raise DataError(str(path), "validated_content: validated by an older medops (no file digests)",
                             "run `medops validate` again")
-        for rel, digest in files.items():
-            p = resolve_inside(Path(root), rel)
-            if not p.exists() or file_sha256(p) != digest:
-                raise DataError(str(p), "validated_content: the file's content changed since it was validated "
-                                "(SHA-256 differs)", "run `medops validate` again (and look at why it changed)")
+        changed = first_changed_file(Path(root), files)
+        if changed is not None:
+            raise DataError(str(changed), "validated_content: the file's content changed since it was validated "
+                            "(SHA-256 differs)", "run `medops validate` again (and look at why it changed)")
     return summary
+
+
+DIGEST_CACHE = Path(".medops/digests")      # beside the locks: outside every DVC-tracked output
+
+
+def first_changed_file(root: Path, files: dict[str, str]) -> Path | None:
+    """The first file whose content is not its recorded SHA-256 (or that is gone), else None.
+
+    Every stage checks the whole dataset, so a file whose ``stat`` — size, mtime, **ctime** and inode — is
+    the one recorded when it last hashed to its validated digest is not read again (git's index and DVC's
+    state do the same). ctime cannot be set from user space: any write, rename or ``os.utime`` resets it,
+    so a file edited and given back its old mtime is still re-hashed (tested). The record lives in
+    ``.medops/digests/`` of the working folder; without it, or where it cannot be written, every file is hashed.
+    """
+    key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+    cache_path = DIGEST_CACHE / f"{key}.json"
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    import posixpath
+    import stat as stat_mod
+
+    root = root.resolve()
+    folders: dict[str, Path] = {}       # each folder's chain checked once (inside the root, no symlink)
+    fresh, changed = {}, None
+    for rel, digest in files.items():
+        parent, name = posixpath.split(rel) if isinstance(rel, str) else ("", "")
+        if name in ("", ".", ".."):
+            p = resolve_inside(root, rel)           # raises on what it refuses
+        else:
+            if parent not in folders:
+                folders[parent] = resolve_inside(root, parent) if parent else root
+            p = folders[parent] / name
+        try:
+            st = os.lstat(p)
+        except OSError:
+            changed = p
+            break
+        if stat_mod.S_ISLNK(st.st_mode):
+            resolve_inside(root, rel)               # a symlink: refused as resolve_inside refuses it
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        hit = cache.get(rel)
+        if not (isinstance(hit, list) and hit[:4] == stamp and hit[4:] == [digest]):
+            if file_sha256(p) != digest:
+                changed = p
+                break
+        fresh[rel] = [*stamp, digest]
+    if changed is None and fresh != cache:
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{key}-", dir=cache_path.parent)
+            with os.fdopen(fd, "w") as f:
+                json.dump(fresh, f)
+            os.replace(tmp, cache_path)
+        except OSError:
+            pass
+    return changed
