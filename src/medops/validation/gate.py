@@ -486,9 +486,12 @@ def first_changed_file(root: Path, files: dict[str, str]) -> Path | None:
         try:
             cache_path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{key}-", dir=cache_path.parent)
-            with os.fdopen(fd, "w") as f:
-                json.dump(fresh, f)
-            os.replace(tmp, cache_path)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump(fresh, f)
+                os.replace(tmp, cache_path)
+            finally:
+                Path(tmp).unlink(missing_ok=True)     # gone after the replace; a failed write leaves nothing
         except OSError:
             pass
     return changed
