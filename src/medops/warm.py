@@ -36,7 +36,8 @@ LIBRARIES = ("numpy", "pandas", "pyarrow.parquet", "scipy.ndimage", "scipy.stats
 # what every tracked command imports next, on its first MLflow call: the SQL stores (SQLAlchemy's mappers are
 # configured on import), alembic's schema check, GitPython for the run's commit tag, the figures' backend,
 # the text encoders' modules (vl_fusion) — ~3 s a stage on this 2-core machine (benchmarks/warm_start.py).
-# Importing them creates no engine, connection or thread, so the fork stays clean.
+# Importing them creates no engine, connection or thread, so the fork stays clean. Some names (MLflow's schema
+# modules) change with MLflow's version: after a lock upgrade, tests/test_warm.py names any the forks import anew.
 STORES = ("mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store",
           "mlflow.store.tracking.sqlalchemy_workspace_store", "mlflow.store.db.trace_analytics_backfill_75868b020152",
           "mlflow.store.db.trace_analytics_schema_75868b020152",
