@@ -42,8 +42,8 @@ STORES = ("mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry
           "mlflow.store.tracking.sqlalchemy_workspace_store", "mlflow.store.db.trace_analytics_backfill_75868b020152",
           "mlflow.store.db.trace_analytics_schema_75868b020152",
           "alembic.runtime.migration", "alembic.command", "git", "matplotlib.backends.backend_agg",
-          "transformers.models.albert.modeling_albert", "transformers.models.bert.modeling_bert", "jinja2", "typer", "sqlalchemy.dialects.sqlite",
-          "alembic.config", "pyarrow.dataset", "skimage.filters", "skimage.transform", "skimage.exposure")
+          "transformers.models.albert.modeling_albert", "transformers.models.bert.modeling_bert", "jinja2", "typer",
+          "sqlalchemy.dialects.sqlite", "alembic.config", "pyarrow.dataset", "skimage.filters", "skimage.transform", "skimage.exposure")
 PRELOAD = LIBRARIES + STORES
 _HDR = struct.Struct("!I")
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import shutil
+import stat as stat_mod
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -448,16 +450,13 @@ def first_changed_file(root: Path, files: dict[str, str]) -> Path | None:
     so a file edited and given back its old mtime is still re-hashed (tested). The record lives in
     ``.medops/digests/`` of the working folder; without it, or where it cannot be written, every file is hashed.
     """
-    key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+    root = root.resolve()
+    key = hashlib.sha256(str(root).encode()).hexdigest()[:16]
     cache_path = DIGEST_CACHE / f"{key}.json"
     try:
         cache = json.loads(cache_path.read_text())
     except (OSError, ValueError):
         cache = {}
-    import posixpath
-    import stat as stat_mod
-
-    root = root.resolve()
     folders: dict[str, Path] = {}       # each folder's chain checked once (inside the root, no symlink)
     fresh, changed = {}, None
     for rel, digest in files.items():
