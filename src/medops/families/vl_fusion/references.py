@@ -17,3 +17,11 @@ ROW_OF = {("vl_fusion", "cross", True): "Proposed Model", ("vl_lstm_attention", 
 TABLE3_ROW = {("cross", True): "Full Model", ("concat", True): "Remove Cross-Attention",
               ("cross", False): "Remove CBAM Module", ("visual", True): "Visual Features Only",
               ("text", True): "Text Features Only"}
+
+
+def table1_row(levels: dict) -> str:
+    """The paper's Table 1 row an ablation cell stands for ("" for none): its architecture, fusion and CBAM
+    with the paper's ALBERT text encoder (defaults: the configuration's)."""
+    if levels.get("text_encoder", "albert") != "albert":
+        return ""
+    return ROW_OF.get((levels.get("arch", "vl_fusion"), levels.get("fusion", "cross"), levels.get("use_cbam", True)), "")

@@ -16,7 +16,7 @@ from medops.experiments import claims as verdicts
 from medops.experiments.ablation import convergence_note, curves_figure, finish_report, fmt, start_report
 from medops.experiments.stats import mean_ci, paired_test
 from medops.families.vl_fusion.family import METRICS
-from medops.families.vl_fusion.references import ROW_OF, TABLE1, TABLE2, TABLE3, TABLE3_ROW
+from medops.families.vl_fusion.references import TABLE1, TABLE2, TABLE3, TABLE3_ROW, table1_row
 
 # claim, better (factor levels over the baseline), worse, per-image metric, paper effect (CIDEr x100 or None)
 CLAIMS = (
@@ -59,7 +59,7 @@ def cell_table(abl: AblationConfig, cells: pd.DataFrame) -> pd.DataFrame:
             row[f"{m}_mean"], row[f"{m}_ci95"] = mean_ci(g[f"test_{m}"].astype(float).tolist())
         albert = lv.get("text_encoder", "albert") == "albert"     # the paper's rows have the ALBERT encoder
         row["text_encoder"] = lv.get("text_encoder", "albert")
-        row["table1_row"] = ROW_OF.get((lv.get("arch"), lv.get("fusion"), lv.get("use_cbam")), "") if albert else ""
+        row["table1_row"] = table1_row(lv)
         row["table3_row"] = TABLE3_ROW.get((lv.get("fusion"), lv.get("use_cbam")), "") \
             if lv.get("arch") == "vl_fusion" and albert else ""
         rows.append(row)
