@@ -50,6 +50,10 @@ def stage_commands(root: Path) -> dict[str, list[tuple[str, list[str]]]]:
             s = s[:a] + str(lookup(s[a + 2:b])) + s[b + 1:]
         return s
 
+    # an inputs stage (`medops inputs`) stands for the code its single output's readers share: a stage that
+    # depends on that output depends on the inputs stage's deps
+    shared = {(next(iter(o)) if isinstance(o, dict) else o): st.get("deps", [])
+              for st in spec.values() if st["cmd"].startswith("medops inputs ") for o in st.get("outs", [])}
     for name, st in spec.items():
         items = [{}]
         for key, values in (st.get("matrix") or {}).items():
@@ -58,6 +62,7 @@ def stage_commands(root: Path) -> dict[str, list[tuple[str, list[str]]]]:
         for it in items:
             cmd = render(st["cmd"], it)
             deps = [render(d, it) for d in st.get("deps", [])]
+            deps += [x for d in deps for x in shared.get(d, [])]
             out.setdefault(cmd, []).append((name, deps))
     return out
 

@@ -356,6 +356,36 @@ def test_changing_one_cell_reruns_only_that_cell(project):
         params.write_text(original)
 
 
+def test_the_ablation_shares_its_code_through_one_inputs_file_and_keeps_the_lock_small(project):
+    """Each ablation stage depends on the inputs stage's file, not on ~40 code paths and the family's params, so
+    its dvc.lock entry stays small (DVC rewrites the whole lock after every stage); editing shared code still
+    reruns every cell, through that file."""
+    import yaml
+
+    dst, _ = project
+    lock = yaml.safe_load((dst / "dvc.lock").read_text())["stages"]
+    cells = {k: v for k, v in lock.items() if k.startswith("ablate@")}
+    assert cells and all(len(yaml.safe_dump(v).splitlines()) < 40 for v in cells.values()), \
+        max(len(yaml.safe_dump(v).splitlines()) for v in cells.values())
+    assert len(yaml.safe_dump(lock["train"]).splitlines()) > 150       # what a stage with its own list costs
+
+    def changed():
+        st = _sh("dvc status", dst).stdout
+        return {ln.rstrip(":") for ln in st.splitlines() if ln and not ln.startswith((" ", "\t"))}
+
+    code = dst / "src/medops/families/fusion_seg/evaluation.py"
+    original = code.read_text()
+    try:
+        code.write_text(original + "\n# edited\n")
+        assert "ablation_inputs" in changed()
+        _sh("dvc repro ablation_inputs", dst)
+        assert {f"ablate@{c}" for c in ("concat-1", "mri-2", "tri_attention-3")} <= changed()
+    finally:
+        code.write_text(original)
+        _sh("dvc repro ablation_inputs", dst)        # the same content again: every cell is up to date
+    assert not {c for c in changed() if c.startswith(("ablate", "ablation_inputs"))}
+
+
 def test_cli_train_killed_mid_run_then_resumed_matches_uninterrupted(project):
     """`medops train` SIGKILLed after its first checkpoint, then `--resume`: same history, same MLflow run."""
     import signal
@@ -577,3 +607,53 @@ def test_kubeflow_pipeline_runs_with_the_local_runner(project, tmp_path, warm, m
     after = json.loads((dst / "reports/promotion/fusion_seg.json").read_text())
     assert after["action"] in ("unchanged", "promoted", "refused") and before["family"] == after["family"]
 
+
+
+def test_the_inputs_file_changes_exactly_when_a_listed_path_or_param_does(tmp_path, monkeypatch):
+    """`medops inputs`: the content digests of the stage's deps and its params' values; bytecode and files it
+    does not list leave it unchanged; a missing path, an unknown param or a templated stage is refused by name."""
+    import yaml
+
+    from medops.errors import MedopsError
+    from medops.runs.inputs import write_inputs
+
+    (tmp_path / "pkg/sub").mkdir(parents=True)
+    (tmp_path / "pkg/a.py").write_text("a = 1\n")
+    (tmp_path / "pkg/sub/b.py").write_text("b = 2\n")
+    (tmp_path / "other.py").write_text("x = 0\n")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"fam": {"model": {"width": 8}, "seed": 1}, "unrelated": 3}))
+    stage = {"cmd": "medops inputs dvc.yaml:inputs", "deps": ["pkg", "other.py"], "params": ["fam.model"],
+             "outs": [{"models/inputs.json": {"cache": False}}]}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "inputs": stage, "cells": {"matrix": {"i": [1, 2]}, **stage}}}))
+    monkeypatch.chdir(tmp_path)
+    out, rec = write_inputs("dvc.yaml:inputs")
+    first = out.read_bytes()
+    assert set(rec["paths"]) == {"pkg", "other.py"} and rec["params"] == {"fam.model": {"width": 8}}
+
+    def again() -> bytes:
+        write_inputs("dvc.yaml:inputs")
+        return out.read_bytes()
+
+    (tmp_path / "pkg/sub/__pycache__").mkdir()
+    (tmp_path / "pkg/sub/__pycache__/b.cpython-311.pyc").write_bytes(b"\0")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"fam": {"model": {"width": 8}, "seed": 2}, "unrelated": 4}))
+    assert again() == first                                   # bytecode, unlisted params: same file
+    (tmp_path / "pkg/sub/b.py").write_text("b = 3\n")
+    assert again() != first                                   # a module inside a listed folder
+    (tmp_path / "pkg/sub/b.py").write_text("b = 2\n")
+    assert again() == first
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"fam": {"model": {"width": 16}, "seed": 2}}))
+    assert again() != first                                   # a listed param
+    (tmp_path / "other.py").unlink()
+    with pytest.raises(MedopsError, match="other.py.*does not exist"):
+        write_inputs("dvc.yaml:inputs")
+    with pytest.raises(MedopsError, match="no matrix"):
+        write_inputs("dvc.yaml:cells")
+    with pytest.raises(MedopsError, match="no such stage"):
+        write_inputs("dvc.yaml:nope")
+    (tmp_path / "other.py").write_text("x = 0\n")
+    stage["params"] = ["fam.missing"]
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"inputs": stage}}))
+    with pytest.raises(MedopsError, match="fam.missing"):
+        write_inputs("dvc.yaml:inputs")

@@ -294,6 +294,19 @@ def run_(family: Optional[str] = typer.Option(None, "--family", help="one or sev
 
 
 @app.command()
+def inputs(stage: str = typer.Argument(..., help="<pipeline file>:<stage>, e.g. dvc.yaml:ablation_inputs")):
+    """Write one small file with the content digests of a DVC stage's deps and params (the ablation stages
+    depend on it instead of on ~40 paths each, which keeps dvc.lock small; see medops.runs.inputs)."""
+    from medops.runs.inputs import write_inputs
+
+    try:
+        out, rec = write_inputs(stage)
+    except MedopsError as exc:
+        _fail(exc)
+    typer.echo(f"{out.relative_to(Path.cwd().resolve())}: {len(rec['paths'])} paths, {len(rec['params'])} params")
+
+
+@app.command()
 def summary(out: Path = typer.Option(Path("reports/index.html"), help="the page to write")):
     """Write the summary page of every family (static HTML, relative links: open it from the file system)."""
     from medops.runs.summary import write_summary
