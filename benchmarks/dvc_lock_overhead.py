@@ -77,16 +77,25 @@ def build(root: Path, others: int, stages: int) -> None:
     (root / "fam").mkdir()
     (root / "fam/dvc.yaml").write_text(yaml.safe_dump({"vars": ["../params.yaml"],
                                                        "stages": {"own": _stage(stages, "own", "..")}}))
-    _sh("dvc repro other@0", root)                 # one real lock entry, cloned for the other stages
+    _clone_entries(root, "other", others, outputs=False)
+
+
+def _clone_entries(root: Path, name: str, n: int, *, outputs: bool) -> dict:
+    """Run ``name@0`` for real, then fill the lock with copies of its entry for ``name@1`` … ``name@{n-1}``
+    (as if they had run; ``outputs``: write their output files too, so they are up to date). Returns the entry."""
+    _sh(f"dvc repro {name}@0", root)
     lock = yaml.safe_load((root / "dvc.lock").read_text())
-    entry = lock["stages"]["other@0"]
-    for i in range(1, others):
+    entry = lock["stages"][f"{name}@0"]
+    for i in range(1, n):
         e = copy.deepcopy(entry)
-        e["cmd"] = e["cmd"].replace("other 0", f"other {i}").replace("other-0", f"other-{i}")
-        e["outs"][0]["path"] = f"out/other-{i}.txt"
-        lock["stages"][f"other@{i}"] = e
+        e["cmd"] = e["cmd"].replace(f"{name} 0", f"{name} {i}").replace(f"{name}-0", f"{name}-{i}")
+        e["outs"][0]["path"] = f"out/{name}-{i}.txt"
+        lock["stages"][f"{name}@{i}"] = e
+        if outputs:
+            (root / f"out/{name}-{i}.txt").write_text(f"{name} {i}\n")
     (root / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
     _sh("git add -A && git commit -qm b", root)
+    return entry
 
 
 def _cell_stage(n: int, deps: list[str], params: list[str]) -> dict:
@@ -110,17 +119,7 @@ def entries(others: int, stages: int, shared: bool) -> dict:
         (root / "inputs.json").write_text("{}\n")
         st = _cell_stage(others + stages, ["inputs.json"], []) if shared else _cell_stage(others + stages, code, ["model", "train"])
         (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"s": st}}))
-        _sh("dvc repro s@0", root)
-        lock = yaml.safe_load((root / "dvc.lock").read_text())
-        first = lock["stages"]["s@0"]
-        for i in range(1, others):
-            e = copy.deepcopy(first)
-            e["cmd"] = e["cmd"].replace("s 0", f"s {i}").replace("s-0", f"s-{i}")
-            e["outs"][0]["path"] = f"out/s-{i}.txt"
-            lock["stages"][f"s@{i}"] = e
-            (root / f"out/s-{i}.txt").write_text(f"s {i}\n")
-        (root / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
-        _sh("git add -A && git commit -qm b", root)
+        first = _clone_entries(root, "s", others, outputs=True)
         lines = len((root / "dvc.lock").read_text().splitlines())
         t = time.perf_counter()
         _sh(["dvc", "repro", *[f"s@{i}" for i in range(others, others + stages)]], root)

@@ -303,7 +303,9 @@ def inputs(stage: str = typer.Argument(..., help="<pipeline file>:<stage>, e.g. 
         out, rec = write_inputs(stage)
     except MedopsError as exc:
         _fail(exc)
-    typer.echo(f"{out.relative_to(Path.cwd().resolve())}: {len(rec['paths'])} paths, {len(rec['params'])} params")
+    # one line for a person following `make run`: the folder (models/<family>/) names the family
+    typer.echo(f"[{out.parent.name}] {stage.rpartition(':')[2]}: {len(rec['paths'])} paths, {len(rec['params'])} "
+               f"params -> {out.relative_to(Path.cwd().resolve())}", err=True)
 
 
 @app.command()
