@@ -23,23 +23,16 @@ from pathlib import Path
 
 import yaml
 
+from medops.data.io import file_sha256
 from medops.errors import ConfigError, MedopsError
 
 SKIP_DIRS = {"__pycache__"}          # bytecode: not the code's content (DVC hashes it too; we need not)
 
 
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def digest(path: Path) -> str:
     """A file's sha256, or a folder's: the sha256 of its files' relative paths and digests, in sorted order."""
     if path.is_file():
-        return _sha(path)
+        return file_sha256(path)
     if not path.is_dir():
         raise MedopsError(str(path), "a dependency of the inputs stage does not exist",
                           "restore it, or remove it from the stage's deps in the pipeline file")
@@ -48,7 +41,7 @@ def digest(path: Path) -> str:
         dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
         for name in sorted(n for n in filenames if not n.endswith(".pyc")):
             f = Path(dirpath) / name
-            h.update(f"{f.relative_to(path).as_posix()}\0{_sha(f)}\n".encode())
+            h.update(f"{f.relative_to(path).as_posix()}\0{file_sha256(f)}\n".encode())
     return h.hexdigest()
 
 

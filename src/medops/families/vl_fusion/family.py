@@ -313,7 +313,6 @@ class VLFusion(Family):
 
     def evaluate_cell(self, net, pre, index, out, *, fcfg, model_cfg):
         from medops.families.vl_fusion.evaluation import evaluate_vl, flat_metrics
-
         from medops.families.vl_fusion.references import table1_row
 
         tok, test_ds, _ = self._test(fcfg, pre, index, model_cfg)
