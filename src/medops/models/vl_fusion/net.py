@@ -36,13 +36,20 @@ soft-attention LSTM captioner (Show, Attend and Tell) of the paper's baselines.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
+import os
+import uuid
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from medops.models.registry import register_model
+
+log = logging.getLogger(__name__)
 
 FUSIONS = ("cross", "concat", "visual", "text", "early")
 N_TRIAGE = 3
@@ -118,6 +125,8 @@ class TextEncoder(nn.Module):
             raise ValueError(f"text encoder {kind!r}: use albert | bert")
         self.proj = nn.Linear(self.net.config.hidden_size, width)
         self._features: dict = {}       # frozen encoder: its output per text (a pure function of the ids)
+        self._store: Path | None = None  # attach_store: the features also kept on disk, shared by runs
+        self._pending: dict = {}         # computed here, not yet written to the store
 
     @property
     def frozen(self) -> bool:
@@ -125,26 +134,99 @@ class TextEncoder(nn.Module):
         mode (no dropout) and each text's hidden states are computed once and reused, since they cannot change."""
         return not any(p.requires_grad for p in self.net.parameters())
 
+    def weights_digest(self) -> str:
+        """SHA-256 of the encoder's weights (names, shapes, dtypes and values): what its features depend on."""
+        h = hashlib.sha256()
+        for name, t in sorted(self.net.state_dict().items()):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+            h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()
+
+    def attach_store(self, root: str | Path) -> int:
+        """Keep a frozen encoder's features on disk too, under ``root/<SHA-256 of its weights>/``, so that the
+        runs after the first (an ablation's other seeds, a rerun) read them instead of running the encoder
+        again. Shards are safetensors files (tensors only: loading runs no code) written whole and renamed into
+        place, so concurrent runs and an interrupted one never leave a half-written shard; a shard that cannot
+        be read, or whose tensors have the wrong shape, is skipped with a warning (and those texts recomputed).
+        A key is the SHA-256 of the text's token ids and attention mask, so a different tokenizer, maximum
+        length or text is a different entry. Returns how many features were loaded; a trainable encoder keeps
+        no store (its features change with every step)."""
+        if not self.frozen:
+            return 0
+        from safetensors.torch import load_file
+
+        folder = Path(root) / self.weights_digest()[:32]
+        hidden, n = int(self.net.config.hidden_size), 0
+        for shard in sorted(folder.glob("*.safetensors")):
+            try:
+                tensors = load_file(str(shard))
+            except Exception as e:  # noqa: BLE001 - a damaged cache file must not stop a run
+                log.warning("text feature store: %s unreadable (%s); skipped, its texts are recomputed", shard, e)
+                continue
+            for k, t in tensors.items():
+                if t.dim() == 2 and t.shape[1] == hidden and t.is_floating_point():
+                    n += k not in self._features
+                    self._features.setdefault(k, t)
+                else:
+                    log.warning("text feature store: %s entry %s has shape %s, not (length, %d); skipped",
+                                shard, k[:12], tuple(t.shape), hidden)
+        self._store = folder
+        return n
+
+    def flush(self) -> int:
+        """Write the features computed since the last flush to the store as one new shard; returns how many.
+        Where the store cannot be written, it warns once and keeps the features in memory only."""
+        if self._store is None or not self._pending:
+            self._pending.clear()
+            return 0
+        from safetensors.torch import save_file
+
+        pending, self._pending = self._pending, {}
+        try:
+            self._store.mkdir(parents=True, exist_ok=True)
+            name = uuid.uuid4().hex
+            tmp = self._store / f".{name}.tmp"
+            save_file({k: v.detach().cpu().contiguous() for k, v in pending.items()}, str(tmp))
+            os.replace(tmp, self._store / f"{name}.safetensors")
+        except OSError as e:
+            log.warning("text feature store: cannot write under %s (%s); features stay in memory only", self._store, e)
+            self._store = None
+            return 0
+        return len(pending)
+
     def train(self, mode: bool = True):
         super().train(mode)
         if self.frozen:
             self.net.eval()
+            if len(self._pending) >= 64:     # between training and validation: a shard per phase, not per batch
+                self.flush()
         return self
+
+    @staticmethod
+    def _key(ids, mask) -> str:
+        return hashlib.sha256(ids.tobytes() + b"|" + mask.tobytes()).hexdigest()
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if not self.frozen:
             self._features.clear()
+            self._pending.clear()
             return self.proj(self.net(input_ids=ids, attention_mask=mask).last_hidden_state)
         if self.net.training:
             self.net.eval()
-        keys = [(a.tobytes(), b.tobytes()) for a, b in zip(ids.cpu().numpy(), mask.cpu().numpy())]
+        keys = [self._key(a, b) for a, b in zip(ids.cpu().numpy(), mask.cpu().numpy())]
         todo = list({k: i for i, k in enumerate(keys) if k not in self._features}.values())
         if todo:
             with torch.no_grad():
                 out = self.net(input_ids=ids[todo], attention_mask=mask[todo]).last_hidden_state
             for j, i in enumerate(todo):
-                self._features.setdefault(keys[i], out[j])
-        return self.proj(torch.stack([self._features[k] for k in keys]))
+                if keys[i] not in self._features:
+                    self._features[keys[i]] = out[j].clone()
+                    if self._store is not None:
+                        self._pending[keys[i]] = self._features[keys[i]]
+            if len(self._pending) >= 1024:
+                self.flush()
+        return self.proj(torch.stack([self._features[k].to(ids.device) for k in keys]))
 
 
 class CrossAttentionLayer(nn.Module):
