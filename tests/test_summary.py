@@ -71,7 +71,7 @@ def test_a_failed_family_is_reported_with_its_reason_and_the_others_still_run(tm
     monkeypatch.chdir(tmp_path)
     out = []
     res = run_families(cfg, ["transfer_cls", "fusion_seg"], echo=lambda *a, **k: out.append(" ".join(map(str, a))),
-                       dvc=str(fake))
+                       dvc=str(fake), workers=1)
     assert res["families"]["transfer_cls"]["status"] == "failed"
     assert "disk full" in res["families"]["transfer_cls"]["reason"]
     assert res["families"]["fusion_seg"]["status"] == "ok"
@@ -166,3 +166,106 @@ def test_the_page_shows_the_champion_card_without_repeating_the_ablation(tmp_pat
     assert "Promotion gates" in card and "simulated data" in card and "Uni- vs bi- vs tri-modal" not in card
     assert "missing: reports/ablation/fusion_seg/figures/bars.png" in card
     assert "Champion: <b>v2</b>" in page and "not run yet" in page        # the other families: nothing yet
+
+
+PAR_DVC = """stages:
+  prep:
+    cmd: mkdir -p data && echo x > data/x.txt
+    outs:
+      - data/x.txt
+  abl:
+    matrix:
+      cell: [a, b, c]
+      seed: [1, 2]
+    cmd: sh run.sh ${item.cell} ${item.seed}
+    deps:
+      - data/x.txt
+      - run.sh
+    outs:
+      - out/${item.cell}-${item.seed}
+  report:
+    cmd: ls out > report.txt
+    deps:
+      - out
+    outs:
+      - report.txt
+"""
+
+
+def _dvc_project(tmp_path, script: str) -> Path:
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=proj, check=True)
+    subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "-q"], cwd=proj, check=True)
+    (proj / "dvc.yaml").write_text(PAR_DVC)
+    (proj / "run.sh").write_text(script)
+    return proj
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_an_ablations_stages_run_several_at_a_time_with_the_same_result_and_a_failure_stops_the_family(
+        tmp_path, smoke_cfg, monkeypatch, fail):
+    """`orchestration.local_workers: 2`: the stages the group needs first, then the group's stages two at a
+    time (each told its share of the cores), then the targets — every stage recorded in dvc.lock, nothing left
+    to reproduce. A stage that fails stops the family before its report, with DVC's reason."""
+    import dataclasses
+
+    from medops.runs.pipeline import _threads_each, plan_group, run_families
+
+    script = ('mkdir -p out/$1-$2 && date +%s.%N > out/$1-$2/start && echo "$MEDOPS_TORCH_THREADS" > out/$1-$2/threads'
+              ' && sleep 1 && date +%s.%N > out/$1-$2/end\n')
+    if fail:
+        script = 'if [ "$1-$2" = b-1 ]; then echo "ERROR: cell b seed 1: out of memory" >&2; exit 3; fi\n' + script
+    proj = _dvc_project(tmp_path, script)
+    raw = json.loads(json.dumps(smoke_cfg.raw))
+    raw["orchestration"].update(run_targets={"fusion_seg": ["report"]}, parallel_stages={"fusion_seg": "abl"})
+    cfg = dataclasses.replace(smoke_cfg, raw=raw)
+    monkeypatch.chdir(proj)
+    before, members = plan_group("abl")
+    assert before == ["prep"] and sorted(members) == [f"abl@{c}-{s}" for c in "abc" for s in (1, 2)]
+    out = []
+    dvc = str(Path(sys.executable).parent / "dvc")
+    res = run_families(cfg, ["fusion_seg"], echo=lambda *a, **k: out.append(" ".join(map(str, a))), dvc=dvc,
+                       workers=2)
+    rec = res["families"]["fusion_seg"]
+    if fail:
+        assert rec["status"] == "failed" and "out of memory" in "".join(out)
+        assert "failed to reproduce" in rec["reason"] and "abl@b-1" in rec["reason"]
+        assert not (proj / "report.txt").exists()
+        return
+    assert rec["status"] == "ok", rec
+    runs = sorted(d for d in (proj / "out").iterdir() if d.is_dir())
+    assert len(runs) == 6 and (proj / "report.txt").read_text().split() == [r.name for r in runs]
+    assert {(r / "threads").read_text().strip() for r in runs} == {str(_threads_each(2))}
+    spans = sorted((float((r / "start").read_text()), float((r / "end").read_text())) for r in runs)
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:]))          # two stages ran at the same time
+    status = subprocess.run([dvc, "status"], cwd=proj, capture_output=True, text=True)
+    assert status.returncode == 0 and "changed" not in status.stdout, status.stdout
+    lock = (proj / "dvc.lock").read_text()
+    assert all(f"abl@{c}-{s}:" in lock for c in "abc" for s in (1, 2))
+    assert "6 stages of abl 2 at a time" in "".join(out)
+
+
+def test_a_bad_workers_setting_is_refused_naming_it(smoke_cfg):
+    import dataclasses
+
+    from medops.errors import ConfigError
+    from medops.runs.pipeline import parallel_settings
+
+    assert parallel_settings(smoke_cfg)[0] == smoke_cfg.raw["orchestration"]["local_workers"]
+    assert parallel_settings(smoke_cfg, 1)[0] == 1
+    raw = json.loads(json.dumps(smoke_cfg.raw))
+    raw["orchestration"]["local_workers"] = 0
+    with pytest.raises(ConfigError, match=r"orchestration.local_workers.*\[1, 64\]"):
+        parallel_settings(dataclasses.replace(smoke_cfg, raw=raw))
+
+
+def test_every_familys_parallel_group_is_a_matrix_stage_of_its_run(smoke_cfg):
+    """The group `medops run` reproduces several at a time is each family's ablation: a DVC matrix stage."""
+    from dvc_deps import stage_specs
+
+    groups = smoke_cfg.raw["orchestration"]["parallel_stages"]
+    assert set(groups) == set(smoke_cfg.raw["orchestration"]["families"])
+    stages = stage_specs(ROOT)
+    for fam, group in groups.items():
+        assert group in stages and "matrix" in stages[group], (fam, group)

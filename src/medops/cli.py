@@ -58,12 +58,34 @@ def _log_imports(path: str) -> None:
     atexit.register(write)
 
 
+def _torch_threads(value: str) -> None:
+    """``MEDOPS_TORCH_THREADS=n`` (set by `medops run` for stages it runs several at a time): torch's intra-op
+    threads for this command — in a fork of the warm server, where torch is already imported, and for a
+    fresh process through OMP_NUM_THREADS, which torch reads when it is imported."""
+    import os
+    import sys
+
+    if not value:
+        return
+    try:
+        n = int(value)
+        if n < 1:
+            raise ValueError
+    except ValueError:
+        _fail(MedopsError(f"MEDOPS_TORCH_THREADS={value}", "not a positive number of threads",
+                          "unset it, or set a whole number >= 1"))
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+
+
 @app.callback()
 def main(params: Path = typer.Option(Path("params.yaml"), "--params", help="parameters file")):
     import os
 
     _state["params"] = params
     _state.pop("cfg", None)
+    _torch_threads(os.environ.get("MEDOPS_TORCH_THREADS", ""))
     if os.environ.get("MEDOPS_IMPORTS_LOG"):
         _log_imports(os.environ["MEDOPS_IMPORTS_LOG"])
 
@@ -277,14 +299,17 @@ def run_(family: Optional[str] = typer.Option(None, "--family", help="one or sev
                                                "(default: every family in orchestration.families)"),
          warm: bool = typer.Option(True, "--warm/--cold", help="run the stages' medops commands in forks of one "
                                    "process that has torch, MONAI and MLflow imported (saves ~15 s per stage "
-                                   "on 2 CPU cores; --cold: a fresh process each)")):
+                                   "on 2 CPU cores; --cold: a fresh process each)"),
+         workers: Optional[int] = typer.Option(None, "--workers", help="stages of a family's ablation run at once, "
+                                               "each with cores/N torch threads (default: orchestration."
+                                               "local_workers; 1: one stage at a time)")):
     """Reproduce each family's stages (`dvc repro`), then show every family's results, the time of each, and
     write the summary page reports/index.html (what `make run` calls)."""
     from medops.runs.pipeline import resolve_families, run_families
 
     try:
         fams = resolve_families(_cfg(), family)
-        res = run_families(_cfg(), fams, warm=warm)
+        res = run_families(_cfg(), fams, warm=warm, workers=workers)
     except MedopsError as exc:
         _fail(exc)
     failed = [f for f, r in res["families"].items() if r["status"] != "ok"]

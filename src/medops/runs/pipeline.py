@@ -3,6 +3,16 @@ other, its output streamed and kept in ``reports/run/<family>.log``; then every 
 terminal in the order they ran, the time of each and in all, and the summary page ``reports/index.html``.
 A family whose stages fail is reported with its reason and the others still run; the exit status says
 whether all of them succeeded. Which stages make up a family's run is data: ``orchestration.run_targets``.
+
+**Stages at once** (``orchestration.local_workers``, ``medops run --workers N``). DVC reproduces one stage at a
+time, but an ablation's stages (``orchestration.parallel_stages``: a matrix stage) are independent of one
+another. With N > 1 a family runs in three steps: ``dvc repro`` of the stages the group needs (read from DVC's
+own graph), the group's stages N at a time (``dvc --wait-for-lock repro --single-item``: DVC releases its repo
+lock while a stage's command runs, and takes it again to record the stage in ``dvc.lock``), then ``dvc repro``
+of the family's targets, which finds the group up to date. Each of the N commands gets ``MEDOPS_TORCH_THREADS``
+= cores / N: on 2 cores two one-thread trainings do more work per second than one two-thread training,
+and one's DVC bookkeeping overlaps the other's training (``benchmarks/parallel_stages.py``). The result — the
+stages run, ``dvc.lock``, runs and models — is the same as with N = 1.
 """
 
 from __future__ import annotations
@@ -10,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,6 +53,42 @@ def targets_of(cfg, families: list[str]) -> dict[str, list[str]]:
         raise ConfigError(f"params.yaml:orchestration.run_targets.{missing[0]}", "no DVC stages listed for this family",
                           "list the stages `make run` reproduces for it, e.g. [<family>_evaluate, <family>_promote]")
     return {f: [str(t) for t in table[f]] for f in families}
+
+
+def parallel_settings(cfg, workers: int | None = None) -> tuple[int, dict[str, str]]:
+    """(stages at once, family -> its parallel group) from ``orchestration``; ``workers`` overrides the first."""
+    orch = cfg.raw.get("orchestration", {}) or {}
+    n = orch.get("local_workers", 1) if workers is None else workers
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 64:
+        raise ConfigError("params.yaml:orchestration.local_workers" if workers is None else "--workers",
+                          f"{n!r} is not a number of stages at once in [1, 64]",
+                          "use 1 (one stage at a time) up to the number of CPU cores (or GPUs x cells_per_gpu)")
+    groups = orch.get("parallel_stages", {}) or {}
+    return n, {str(k): str(v) for k, v in groups.items()}
+
+
+def plan_group(group: str, root: str | Path = ".") -> tuple[list[str], list[str]]:
+    """(the stages ``group``'s stages depend on, outside the group; the group's stages) from DVC's graph."""
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(root)) as repo:
+            stages = list(repo.stage.collect(group))
+            graph = repo.index.graph
+            members = set(stages)
+            upstream = {u for st in stages for u in graph.successors(st)} - members
+            return sorted(u.addressing for u in upstream), [st.addressing for st in stages]
+    except Exception as exc:   # noqa: BLE001 - DVC's own error, named with the setting that led to it
+        raise ConfigError("params.yaml:orchestration.parallel_stages", f"{group!r}: {exc}",
+                          "name a matrix stage of the family's dvc.yaml (e.g. <path>/dvc.yaml:<stage>)") from exc
+
+
+def _threads_each(workers: int) -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, cores // workers)
 
 
 def _reason(lines: list[str], rc: int) -> str:
@@ -89,10 +136,13 @@ def machine_reference(reps: int = 3) -> dict:
                          f"{reps} steps after one warm-up"}
 
 
-def run_families(cfg, families: list[str], *, echo=print, dvc: str = "dvc", warm: bool = False) -> dict:
+def run_families(cfg, families: list[str], *, echo=print, dvc: str = "dvc", warm: bool = False,
+                 workers: int | None = None) -> dict:
     """Reproduce each family's stages; returns (and writes to ``reports/run.json``) status and time per family.
-    ``warm``: the stages' medops commands run in forks of one warm server (medops.warm)."""
+    ``warm``: the stages' medops commands run in forks of one warm server (medops.warm); ``workers``: stages of
+    a family's parallel group at once (default ``orchestration.local_workers``)."""
     targets = targets_of(cfg, families)
+    workers, groups = parallel_settings(cfg, workers)
     if warm:
         from medops.warm import WarmServer
 
@@ -100,11 +150,58 @@ def run_families(cfg, families: list[str], *, echo=print, dvc: str = "dvc", warm
             echo("warm start: " + ("on (stages fork a process with torch, MONAI and MLflow imported)"
                                    if env.get("MEDOPS_WARM", "0") != "0" else "unavailable, stages run cold"),
                  flush=True)
-            return _run_families(cfg, families, targets, echo, dvc, {**os.environ, **env})
-    return _run_families(cfg, families, targets, echo, dvc, None)
+            return _run_families(cfg, families, targets, echo, dvc, {**os.environ, **env}, workers, groups)
+    return _run_families(cfg, families, targets, echo, dvc, None, workers, groups)
 
 
-def _run_families(cfg, families, targets, echo, dvc, env) -> dict:
+class _Out:
+    """Where a family's output goes: the terminal, its log, and the last 200 lines (for the failure reason);
+    callable from several threads (one line at a time)."""
+
+    def __init__(self, echo, log, lines: list[str]):
+        self.echo, self.log, self.lines, self.lock = echo, log, lines, threading.Lock()
+
+    def __call__(self, line: str) -> None:
+        with self.lock:
+            self.echo(line, end="", flush=True)
+            self.log.write(line)
+            self.lines.append(line)
+            del self.lines[:-200]
+
+
+def _stream(cmd: list[str], env, out: _Out) -> int:
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env) as p:
+        for line in p.stdout:
+            out(line)
+    return p.returncode
+
+
+def _pool(cmds: list[list[str]], workers: int, env, out: _Out) -> int:
+    """Run ``cmds`` ``workers`` at a time; after a failure no new one starts (those running finish). Returns
+    the first non-zero exit status, else 0."""
+    todo, failed, lock = list(cmds), [], threading.Lock()
+
+    def worker():
+        while True:
+            with lock:
+                if failed or not todo:
+                    return
+                cmd = todo.pop(0)
+            rc = _stream(cmd, env, out)
+            if rc:
+                with lock:
+                    failed.append(rc)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(workers, len(cmds)))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return failed[0] if failed else 0
+
+
+def _run_families(cfg, families, targets, echo, dvc, env, workers: int = 1, groups: dict | None = None) -> dict:
+    groups = groups or {}
     logs = REPORTS / "run"
     logs.mkdir(parents=True, exist_ok=True)
     run = {"profile": cfg.profile, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -119,18 +216,31 @@ def _run_families(cfg, families, targets, echo, dvc, env) -> dict:
         log_file = logs / f"{fam}.log"
         t0 = time.perf_counter()
         lines: list[str] = []
-        with open(log_file, "w") as log, subprocess.Popen([dvc, "repro", *targets[fam]], stdout=subprocess.PIPE,
-                                                          stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                                          env=env) as p:
-            for line in p.stdout:
-                echo(line, end="", flush=True)
-                log.write(line)
-                lines.append(line)
-                del lines[:-200]
-        rec = {"status": "ok" if p.returncode == 0 else "failed", "wall_s": round(time.perf_counter() - t0, 1),
+        with open(log_file, "w") as log:
+            out = _Out(echo, log, lines)
+            group = groups.get(fam) if workers > 1 else None
+            if group:
+                try:
+                    before, members = plan_group(group)
+                except ConfigError as exc:
+                    out(f"error: {exc}\n")
+                    rc = 2
+                else:
+                    out(f"[{fam}] {len(members)} stages of {group} {workers} at a time "
+                        f"({_threads_each(workers)} torch thread(s) each), after {len(before)} they need\n")
+                    rc = _stream([dvc, "repro", *before], env, out) if before else 0
+                    if rc == 0:
+                        w_env = {**(env or os.environ), "MEDOPS_TORCH_THREADS": str(_threads_each(workers))}
+                        rc = _pool([[dvc, "--wait-for-lock", "repro", "--single-item", st] for st in members],
+                                   workers, w_env, out)
+                    if rc == 0:
+                        rc = _stream([dvc, "repro", *targets[fam]], env, out)
+            else:
+                rc = _stream([dvc, "repro", *targets[fam]], env, out)
+        rec = {"status": "ok" if rc == 0 else "failed", "wall_s": round(time.perf_counter() - t0, 1),
                "targets": targets[fam], "log_file": str(log_file)}
-        if p.returncode:
-            rec.update(reason=_reason(lines, p.returncode), log="".join(lines[-40:]))
+        if rc:
+            rec.update(reason=_reason(lines, rc), log="".join(lines[-40:]))
         run["families"][fam] = rec
         run["total_s"] = round(time.perf_counter() - t_all, 1)
         RUN_FILE.write_text(json.dumps(run, indent=2))       # the page reflects a run still going

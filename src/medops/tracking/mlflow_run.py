@@ -55,7 +55,13 @@ def _experiment_id(mlflow, name: str, root: Path) -> str:
     kw = {}
     if tracking_uri(root).startswith("sqlite"):
         kw["artifact_location"] = (root.resolve() / "mlartifacts" / name).as_uri()
-    return mlflow.create_experiment(name, **kw)
+    try:
+        return mlflow.create_experiment(name, **kw)
+    except Exception:    # noqa: BLE001 - created meanwhile by a run started at the same time (cells at once)
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def git_commit(root: str | Path = ".") -> str:
