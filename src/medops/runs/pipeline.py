@@ -230,6 +230,9 @@ def _run_families(cfg, families, targets, echo, dvc, env, workers: int = 1, grou
                         f"({_threads_each(workers)} torch thread(s) each), after {len(before)} they need\n")
                     rc = _stream([dvc, "repro", *before], env, out) if before else 0
                     if rc == 0:
+                        from medops.tracking.mlflow_run import prepare_store
+
+                        prepare_store()         # a fresh store's tables, before two runs create them at once
                         w_env = {**(env or os.environ), "MEDOPS_TORCH_THREADS": str(_threads_each(workers))}
                         rc = _pool([[dvc, "--wait-for-lock", "repro", "--single-item", st] for st in members],
                                    workers, w_env, out)

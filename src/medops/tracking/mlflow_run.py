@@ -48,6 +48,14 @@ def _mlflow(root: str | Path = "."):
     return mlflow
 
 
+def prepare_store(root: str | Path = ".") -> None:
+    """Create the local store's tables now. A fresh ``mlflow.db`` is created and migrated by its first client;
+    two runs that start at the same moment (ablation stages run two at a time) would both create the tables,
+    and one of them fails ("table ... already exists"). A tracking server needs nothing."""
+    if tracking_uri(root).startswith("sqlite"):
+        _mlflow(root).search_experiments(max_results=1)
+
+
 def _experiment_id(mlflow, name: str, root: Path) -> str:
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
