@@ -149,9 +149,9 @@ class TextEncoder(nn.Module):
         again. Shards are safetensors files (tensors only: loading runs no code) written whole and renamed into
         place, so concurrent runs and an interrupted one never leave a half-written shard; a shard that cannot
         be read, or whose tensors have the wrong shape, is skipped with a warning (and those texts recomputed).
-        A key is the SHA-256 of the text's token ids and attention mask, so a different tokenizer, maximum
-        length or text is a different entry. Returns how many features were loaded; a trainable encoder keeps
-        no store (its features change with every step)."""
+        A key is the SHA-256 of the text's token ids without padding (see :meth:`forward`), so a different
+        tokenizer or text is a different entry and the batch a text comes in is not. Returns how many features
+        were loaded; a trainable encoder keeps no store (its features change with every step)."""
         if not self.frozen:
             return 0
         from safetensors.torch import load_file
@@ -203,10 +203,6 @@ class TextEncoder(nn.Module):
                 self.flush()
         return self
 
-    @staticmethod
-    def _key(ids, mask) -> str:
-        return hashlib.sha256(ids.tobytes() + b"|" + mask.tobytes()).hexdigest()
-
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if not self.frozen:
             self._features.clear()
@@ -214,19 +210,38 @@ class TextEncoder(nn.Module):
             return self.proj(self.net(input_ids=ids, attention_mask=mask).last_hidden_state)
         if self.net.training:
             self.net.eval()
-        keys = [self._key(a, b) for a, b in zip(ids.cpu().numpy(), mask.cpu().numpy())]
+        # A frozen encoder's features of a text are its hidden states at the text's own tokens, computed
+        # without the batch's padding (the attention mask gives padded keys zero weight, so the real tokens'
+        # states do not depend on it), and zeros at padded positions: one entry per text, whatever the batch
+        # pads to. A mask that is not right-padding keys the whole padded row instead.
+        n = mask.sum(1).tolist()
+        a_ids, a_mask = ids.cpu().numpy(), mask.cpu().numpy()
+        keys, lens = [], []
+        for i, L in enumerate(n):
+            L = int(L)
+            if a_mask[i, :L].all() and not a_mask[i, L:].any():
+                keys.append("t:" + hashlib.sha256(a_ids[i, :L].tobytes()).hexdigest())
+                lens.append(L)
+            else:
+                keys.append("m:" + hashlib.sha256(a_ids[i].tobytes() + b"|" + a_mask[i].tobytes()).hexdigest())
+                lens.append(None)
         todo = list({k: i for i, k in enumerate(keys) if k not in self._features}.values())
         if todo:
+            cut = max(1, max(mask.shape[1] if lens[i] is None else lens[i] for i in todo))
             with torch.no_grad():
-                out = self.net(input_ids=ids[todo], attention_mask=mask[todo]).last_hidden_state
+                out = self.net(input_ids=ids[todo, :cut], attention_mask=mask[todo, :cut]).last_hidden_state
             for j, i in enumerate(todo):
                 if keys[i] not in self._features:
-                    self._features[keys[i]] = out[j].clone()
+                    self._features[keys[i]] = out[j, :cut if lens[i] is None else lens[i]].clone()
                     if self._store is not None:
                         self._pending[keys[i]] = self._features[keys[i]]
             if len(self._pending) >= 1024:
                 self.flush()
-        return self.proj(torch.stack([self._features[k].to(ids.device) for k in keys]))
+        hidden = torch.zeros(ids.shape[0], ids.shape[1], int(self.net.config.hidden_size), device=ids.device)
+        for i, k in enumerate(keys):
+            f = self._features[k]
+            hidden[i, :f.shape[0]] = f.to(ids.device, hidden.dtype)
+        return self.proj(hidden)
 
 
 class CrossAttentionLayer(nn.Module):
