@@ -82,7 +82,7 @@ def build(store: Path):
 
     from safetensors.torch import load_file
 
-    from medops.families.vl_fusion.text import minilm_dir
+    from medops.families.vl_fusion.text import FeatureStore, minilm_dir
     from medops.models.vl_fusion.net import TextEncoder
 
     t = time.perf_counter()
@@ -90,7 +90,7 @@ def build(store: Path):
     enc.net.load_state_dict(load_file(str(minilm_dir() / "model.safetensors")), strict=False)
     for p in enc.net.parameters():
         p.requires_grad_(False)
-    enc.attach_store(store)
+    FeatureStore(store).attach(enc)
     return enc, time.perf_counter() - t
 
 

@@ -177,6 +177,7 @@ def test_a_frozen_encoders_features_are_kept_on_disk_for_the_next_run_and_a_bad_
     """The next run with the same frozen weights (an ablation's other seeds) reads each text's features from the
     store instead of running the encoder — the same numbers; other weights use another folder; a damaged shard
     is skipped with a warning and its texts recomputed; a trainable encoder keeps no store."""
+    from medops.families.vl_fusion.text import FeatureStore
     from medops.models.vl_fusion.net import TextEncoder
 
     cfg = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4, "intermediate_size": 64,
@@ -193,7 +194,7 @@ def test_a_frozen_encoders_features_are_kept_on_disk_for_the_next_run_and_a_bad_
     mask = torch.ones_like(ids)
     mask[2, 4:] = 0
     first = encoder(0)
-    assert first.attach_store(tmp_path) == 0
+    assert FeatureStore(tmp_path).attach(first) == 0
     out1 = first(ids, mask)
     assert first.flush() == 5 and first.flush() == 0
     shards = list(tmp_path.glob("*/*.safetensors"))
@@ -201,24 +202,24 @@ def test_a_frozen_encoders_features_are_kept_on_disk_for_the_next_run_and_a_bad_
 
     second = encoder(0)
     second.proj.load_state_dict(first.proj.state_dict())
-    assert second.attach_store(tmp_path) == 5
+    assert FeatureStore(tmp_path).attach(second) == 5
     calls = []
     second.net.register_forward_hook(lambda m, a, o: calls.append(1))
     assert torch.equal(second(ids, mask), out1) and not calls            # read, not recomputed
     second(ids[:2] % 7 + 3, mask[:2])
     assert calls and second.flush() == 2                                  # new texts: computed and stored
 
-    assert encoder(1).attach_store(tmp_path) == 0                         # other weights: their own folder
+    assert FeatureStore(tmp_path).attach(encoder(1)) == 0           # other weights: their own folder
     shards[0].write_bytes(b"not a safetensors file")
     third = encoder(0)
     with caplog.at_level("WARNING"):
-        assert third.attach_store(tmp_path) == 2
+        assert FeatureStore(tmp_path).attach(third) == 2
     assert "unreadable" in caplog.text
     with torch.no_grad():
         direct = third.proj(encoder(0).net.eval()(input_ids=ids, attention_mask=mask).last_hidden_state)
     assert torch.allclose(third(ids, mask)[mask.bool()], direct[mask.bool()], atol=1e-5)   # lost texts recomputed
 
     trainable = TextEncoder("bert", 8, 50, 16, cfg)
-    assert trainable.attach_store(tmp_path / "t") == 0
+    assert FeatureStore(tmp_path / "t").attach(trainable) == 0
     trainable(ids, mask)
     assert trainable.flush() == 0 and not (tmp_path / "t").exists()

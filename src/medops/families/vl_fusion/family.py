@@ -187,7 +187,9 @@ class VLFusion(Family):
         for p in net.text.net.parameters():
             p.requires_grad_(finetune)
         if not finetune:    # frozen: its features per text are kept on disk for the runs after this one
-            n = net.text.attach_store(TEXT_FEATURE_STORE)
+            from medops.families.vl_fusion.text import FeatureStore
+
+            n = FeatureStore(TEXT_FEATURE_STORE).attach(net.text)
             if n:
                 log.info("MiniLM features of %d texts read from %s", n, TEXT_FEATURE_STORE)
         net.trunk_weights = getattr(net, "trunk_weights", "random") + f"; text encoder: MiniLM ({'fine-tuned' if finetune else 'frozen'})"

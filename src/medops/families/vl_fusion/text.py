@@ -130,3 +130,59 @@ def encode_for_encoder(tok, texts: list[str], max_len: int) -> Encoded:
     full = tok(list(texts), add_special_tokens=True)["input_ids"]
     cut = [i for i, f in enumerate(full) if len(f) > max_len]
     return Encoded(enc["input_ids"], enc["attention_mask"], cut, sum(x == unk for r in enc["input_ids"] for x in r))
+
+
+class FeatureStore:
+    """A frozen text encoder's features per text, on disk, shared by the runs of one working folder (an
+    ablation's other seeds, a rerun): ``root/<SHA-256 of the encoder's weights>/*.safetensors``.
+
+    Shards are safetensors files (tensors only: loading runs no code), written whole and renamed into place,
+    so two runs at once or an interrupted one never leave half a shard; a shard that cannot be read is skipped
+    with a warning (its texts are recomputed), and an entry of the wrong shape is skipped by the encoder.
+    Where the folder cannot be written, the features stay in memory only (one warning)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.folder: Path | None = None
+
+    def attach(self, encoder) -> int:
+        """Load what earlier runs with the same weights wrote into ``encoder`` and make it write what it
+        computes; returns how many features were loaded (0 for a trainable encoder: nothing is kept)."""
+        import logging
+
+        from safetensors.torch import load_file
+
+        if not encoder.frozen:
+            return 0
+        self.folder = self.root / encoder.weights_digest()[:32]
+        n = 0
+        for shard in sorted(self.folder.glob("*.safetensors")):
+            try:
+                tensors = load_file(str(shard))
+            except Exception as e:  # noqa: BLE001 - a damaged cache file must not stop a run
+                logging.getLogger(__name__).warning(
+                    "text feature store: %s unreadable (%s); skipped, its texts are recomputed", shard, e)
+                continue
+            n += encoder.preload(tensors)
+        encoder.sink = self.write
+        return n
+
+    def write(self, features: dict) -> None:
+        import logging
+        import os
+        import uuid
+
+        from safetensors.torch import save_file
+
+        if self.folder is None or not features:
+            return
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            name = uuid.uuid4().hex
+            tmp = self.folder / f".{name}.tmp"
+            save_file({k: v.detach().cpu().contiguous() for k, v in features.items()}, str(tmp))
+            os.replace(tmp, self.folder / f"{name}.safetensors")
+        except OSError as e:
+            logging.getLogger(__name__).warning(
+                "text feature store: cannot write under %s (%s); features stay in memory only", self.folder, e)
+            self.folder = None

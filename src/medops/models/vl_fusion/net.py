@@ -39,9 +39,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
-import uuid
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -125,8 +122,8 @@ class TextEncoder(nn.Module):
             raise ValueError(f"text encoder {kind!r}: use albert | bert")
         self.proj = nn.Linear(self.net.config.hidden_size, width)
         self._features: dict = {}       # frozen encoder: its output per text (a pure function of the ids)
-        self._store: Path | None = None  # attach_store: the features also kept on disk, shared by runs
-        self._pending: dict = {}         # computed here, not yet written to the store
+        self.sink = None                 # frozen: a callable that keeps new features beyond this process
+        self._pending: dict = {}         # computed here, not yet handed to the sink
 
     @property
     def frozen(self) -> bool:
@@ -143,56 +140,30 @@ class TextEncoder(nn.Module):
             h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         return h.hexdigest()
 
-    def attach_store(self, root: str | Path) -> int:
-        """Keep a frozen encoder's features on disk too, under ``root/<SHA-256 of its weights>/``, so that the
-        runs after the first (an ablation's other seeds, a rerun) read them instead of running the encoder
-        again. Shards are safetensors files (tensors only: loading runs no code) written whole and renamed into
-        place, so concurrent runs and an interrupted one never leave a half-written shard; a shard that cannot
-        be read, or whose tensors have the wrong shape, is skipped with a warning (and those texts recomputed).
-        A key is the SHA-256 of the text's token ids without padding (see :meth:`forward`), so a different
-        tokenizer or text is a different entry and the batch a text comes in is not. Returns how many features
-        were loaded; a trainable encoder keeps no store (its features change with every step)."""
+    def preload(self, features: dict) -> int:
+        """Features of texts computed before (by a run with the same weights: the family's store, see
+        ``families/vl_fusion/text.py``), keyed as :meth:`forward` keys them; an entry of the wrong shape is
+        skipped. Returns how many were new. A trainable encoder takes none (its features change every step)."""
         if not self.frozen:
             return 0
-        from safetensors.torch import load_file
-
-        folder = Path(root) / self.weights_digest()[:32]
         hidden, n = int(self.net.config.hidden_size), 0
-        for shard in sorted(folder.glob("*.safetensors")):
-            try:
-                tensors = load_file(str(shard))
-            except Exception as e:  # noqa: BLE001 - a damaged cache file must not stop a run
-                log.warning("text feature store: %s unreadable (%s); skipped, its texts are recomputed", shard, e)
-                continue
-            for k, t in tensors.items():
-                if t.dim() == 2 and t.shape[1] == hidden and t.is_floating_point():
-                    n += k not in self._features
-                    self._features.setdefault(k, t)
-                else:
-                    log.warning("text feature store: %s entry %s has shape %s, not (length, %d); skipped",
-                                shard, k[:12], tuple(t.shape), hidden)
-        self._store = folder
+        for k, t in features.items():
+            if torch.is_tensor(t) and t.dim() == 2 and t.shape[1] == hidden and t.is_floating_point():
+                n += k not in self._features
+                self._features.setdefault(k, t)
+            else:
+                log.warning("text features: entry %s of shape %s is not (length, %d); skipped", str(k)[:12],
+                            tuple(getattr(t, "shape", ())), hidden)
         return n
 
     def flush(self) -> int:
-        """Write the features computed since the last flush to the store as one new shard; returns how many.
-        Where the store cannot be written, it warns once and keeps the features in memory only."""
-        if self._store is None or not self._pending:
+        """Hand the features computed since the last flush to ``sink`` (the family's store writes them);
+        returns how many. Without a sink nothing is kept beyond this process."""
+        if self.sink is None or not self._pending:
             self._pending.clear()
             return 0
-        from safetensors.torch import save_file
-
         pending, self._pending = self._pending, {}
-        try:
-            self._store.mkdir(parents=True, exist_ok=True)
-            name = uuid.uuid4().hex
-            tmp = self._store / f".{name}.tmp"
-            save_file({k: v.detach().cpu().contiguous() for k, v in pending.items()}, str(tmp))
-            os.replace(tmp, self._store / f"{name}.safetensors")
-        except OSError as e:
-            log.warning("text feature store: cannot write under %s (%s); features stay in memory only", self._store, e)
-            self._store = None
-            return 0
+        self.sink(pending)
         return len(pending)
 
     def train(self, mode: bool = True):
@@ -233,7 +204,7 @@ class TextEncoder(nn.Module):
             for j, i in enumerate(todo):
                 if keys[i] not in self._features:
                     self._features[keys[i]] = out[j, :cut if lens[i] is None else lens[i]].clone()
-                    if self._store is not None:
+                    if self.sink is not None:
                         self._pending[keys[i]] = self._features[keys[i]]
             if len(self._pending) >= 1024:
                 self.flush()
