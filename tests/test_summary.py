@@ -271,18 +271,22 @@ def test_every_familys_parallel_group_is_a_matrix_stage_of_its_run(smoke_cfg):
         assert group in stages and "matrix" in stages[group], (fam, group)
 
 
-def test_runs_started_at_the_same_moment_on_a_fresh_store_share_one_experiment(tmp_path):
+def test_runs_started_at_the_same_moment_on_a_fresh_store_share_one_experiment(tmp_path, monkeypatch):
     """What two ablation stages at once meet: the runner creates a fresh store's tables first, then two
     processes that both find no experiment and create it get the same one (neither fails)."""
+    import os
+
     from medops.tracking.mlflow_run import prepare_store
 
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)      # the project's own sqlite store
     prepare_store(tmp_path)
     assert (tmp_path / "mlflow.db").stat().st_size > 0
     code = ("import sys, mlflow; from pathlib import Path; from medops.tracking.mlflow_run import _experiment_id, "
             "tracking_uri; mlflow.set_tracking_uri(tracking_uri(sys.argv[1])); "
             "print(_experiment_id(mlflow, 'cells', Path(sys.argv[1])))")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [e[-500:] for _, e in outs]
     assert len({o.strip() for o, _ in outs}) == 1
