@@ -99,8 +99,8 @@ def test_killing_the_client_stops_the_command(server, project, tmp_path):
         marker = tmp_path / f"m{int(sig)}"
         env = {**os.environ, "PATH": f"{fake}:{BIN}:{os.environ['PATH']}", "MEDOPS_WARM": str(server),
                "MARKER": str(marker)}
-        client = subprocess.Popen([str(BIN / "medops"), "run", "--cold", "--family", "fusion_seg"], cwd=project,
-                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = subprocess.Popen([str(BIN / "medops"), "run", "--cold", "--workers", "1", "--family", "fusion_seg"],
+                                  cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(400):
             if marker.exists() and marker.read_text().strip():
                 break
