@@ -246,6 +246,26 @@ def test_an_ablations_stages_run_several_at_a_time_with_the_same_result_and_a_fa
     assert "6 stages of abl 2 at a time" in "".join(out)
 
 
+def test_the_pool_runs_one_of_each_cell_first_then_the_dearest_cells_first(tmp_path):
+    """Longest first, measured as it goes: once each cell has run once, the queue starts the cell that took
+    longest, so a dear cell is not left for the end with the other worker idle (a fresh clone has no earlier
+    times to go by). The order of stages a family lists does not matter."""
+    import io
+
+    from medops.runs.pipeline import _Out, _kind, _pool
+
+    assert _kind("x/dvc.yaml:abl@rating3_benign-4") == "x/dvc.yaml:abl@rating3_benign" and _kind("prep") == "prep"
+    secs = {"cheap": 0.0, "dear": 0.6, "middle": 0.3}
+    order = tmp_path / "order"
+    stages = [f"abl@{c}-{s}" for c in ("cheap", "middle", "dear") for s in (1, 2, 3)]
+    cmds = [["sh", "-c", f"echo {st} >> {order}; sleep {secs[st[4:].rsplit('-', 1)[0]]}"] for st in stages]
+    rc = _pool(cmds, 1, None, _Out(lambda *a, **k: None, io.StringIO(), []), [_kind(st) for st in stages])
+    ran = order.read_text().split()
+    assert rc == 0 and sorted(ran) == sorted(stages)
+    assert [_kind(s) for s in ran] == ["abl@cheap", "abl@middle", "abl@dear"] + ["abl@dear"] * 2 + \
+        ["abl@middle"] * 2 + ["abl@cheap"] * 2
+
+
 def test_a_bad_workers_setting_is_refused_naming_it(smoke_cfg):
     import dataclasses
 

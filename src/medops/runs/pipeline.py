@@ -176,20 +176,42 @@ def _stream(cmd: list[str], env, out: _Out) -> int:
     return p.returncode
 
 
-def _pool(cmds: list[list[str]], workers: int, env, out: _Out) -> int:
-    """Run ``cmds`` ``workers`` at a time; after a failure no new one starts (those running finish). Returns
-    the first non-zero exit status, else 0."""
-    todo, failed, lock = list(cmds), [], threading.Lock()
+def _kind(stage: str) -> str:
+    """The cell a matrix stage runs: its name without the last matrix value (``abl@late-2`` -> ``abl@late``;
+    every family's ablation matrix is cell x seed). Only the order of the runs depends on it."""
+    return stage.rsplit("-", 1)[0] if "@" in stage else stage
+
+
+def _next(todo: list[tuple[str, list[str]]], cost: dict[str, float]) -> int:
+    """Which queued stage starts next: the first whose kind has not run yet (so each kind's cost is measured
+    early), else one of the kind that has taken longest so far (longest first: no dear run is left for the
+    end with the other worker idle). Ties keep the stages' order."""
+    for i, (kind, _) in enumerate(todo):
+        if kind not in cost:
+            return i
+    return max(range(len(todo)), key=lambda i: (cost[todo[i][0]], -i))
+
+
+def _pool(cmds: list[list[str]], workers: int, env, out: _Out, kinds: list[str] | None = None) -> int:
+    """Run ``cmds`` ``workers`` at a time, in the order of ``_next`` over their ``kinds`` (default: all one
+    kind, in order); after a failure no new one starts (those running finish). Returns the first non-zero exit
+    status, else 0."""
+    todo = list(zip(kinds or [""] * len(cmds), cmds))
+    cost: dict[str, float] = {}
+    failed, lock = [], threading.Lock()
 
     def worker():
         while True:
             with lock:
                 if failed or not todo:
                     return
-                cmd = todo.pop(0)
+                kind, cmd = todo.pop(_next(todo, cost))
+                cost.setdefault(kind, 0.0)     # started: its cost is being measured
+            t0 = time.perf_counter()
             rc = _stream(cmd, env, out)
-            if rc:
-                with lock:
+            with lock:
+                cost[kind] = max(cost[kind], time.perf_counter() - t0)
+                if rc:
                     failed.append(rc)
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(workers, len(cmds)))]
@@ -198,6 +220,30 @@ def _pool(cmds: list[list[str]], workers: int, env, out: _Out) -> int:
     for t in threads:
         t.join()
     return failed[0] if failed else 0
+
+
+def _run_family(fam: str, targets: list[str], group: str | None, workers: int, dvc: str, env, out: _Out) -> int:
+    """``dvc repro`` of one family's targets; with a parallel ``group``: first the stages the group needs, then
+    the group's stages ``workers`` at a time (each with its share of the cores), then the targets."""
+    if not group:
+        return _stream([dvc, "repro", *targets], env, out)
+    try:
+        before, members = plan_group(group)
+    except ConfigError as exc:
+        out(f"error: {exc}\n")
+        return 2
+    threads = _threads_each(workers)
+    out(f"[{fam}] {len(members)} stages of {group} {workers} at a time ({threads} torch thread(s) each), "
+        f"after {len(before)} they need\n")
+    rc = _stream([dvc, "repro", *before], env, out) if before else 0
+    if rc:
+        return rc
+    from medops.tracking.mlflow_run import prepare_store
+
+    prepare_store()                         # a fresh store's tables, before two runs create them at once
+    rc = _pool([[dvc, "--wait-for-lock", "repro", "--single-item", st] for st in members], workers,
+               {**(env or os.environ), "MEDOPS_TORCH_THREADS": str(threads)}, out, [_kind(st) for st in members])
+    return rc or _stream([dvc, "repro", *targets], env, out)
 
 
 def _run_families(cfg, families, targets, echo, dvc, env, workers: int = 1, groups: dict | None = None) -> dict:
@@ -218,28 +264,7 @@ def _run_families(cfg, families, targets, echo, dvc, env, workers: int = 1, grou
         lines: list[str] = []
         with open(log_file, "w") as log:
             out = _Out(echo, log, lines)
-            group = groups.get(fam) if workers > 1 else None
-            if group:
-                try:
-                    before, members = plan_group(group)
-                except ConfigError as exc:
-                    out(f"error: {exc}\n")
-                    rc = 2
-                else:
-                    out(f"[{fam}] {len(members)} stages of {group} {workers} at a time "
-                        f"({_threads_each(workers)} torch thread(s) each), after {len(before)} they need\n")
-                    rc = _stream([dvc, "repro", *before], env, out) if before else 0
-                    if rc == 0:
-                        from medops.tracking.mlflow_run import prepare_store
-
-                        prepare_store()         # a fresh store's tables, before two runs create them at once
-                        w_env = {**(env or os.environ), "MEDOPS_TORCH_THREADS": str(_threads_each(workers))}
-                        rc = _pool([[dvc, "--wait-for-lock", "repro", "--single-item", st] for st in members],
-                                   workers, w_env, out)
-                    if rc == 0:
-                        rc = _stream([dvc, "repro", *targets[fam]], env, out)
-            else:
-                rc = _stream([dvc, "repro", *targets[fam]], env, out)
+            rc = _run_family(fam, targets[fam], groups.get(fam) if workers > 1 else None, workers, dvc, env, out)
         rec = {"status": "ok" if rc == 0 else "failed", "wall_s": round(time.perf_counter() - t0, 1),
                "targets": targets[fam], "log_file": str(log_file)}
         if rc:
