@@ -123,6 +123,11 @@ def test_an_ablation_stage_says_its_place_and_the_time_left(tmp_path, smoke_cfg,
     line = _position("fusion_seg", fcfg, p, cells[1], seeds[0])
     left = (n - 2) * 60 / 60
     assert line == f"[fusion_seg] ablation 3/{n}: {cells[1]}, seed {seeds[0]}; about {left:.0f} min left (60 s per run so far)"
+    # `medops run` running two stages side by side: two runs finish per run's time
+    monkeypatch.setenv("MEDOPS_PARALLEL_STAGES", "2")
+    line = _position("fusion_seg", fcfg, p, cells[1], seeds[0])
+    assert line.endswith(f"about {left / 2:.0f} min left (30 s per run so far, 2 at a time)"), line
+    monkeypatch.delenv("MEDOPS_PARALLEL_STAGES")
     # with three runs done, the median time between their ends (DVC's work between stages included; a pause
     # of a day between two of them ignored) replaces the runs' own clocks
     import os

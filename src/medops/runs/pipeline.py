@@ -242,7 +242,8 @@ def _run_family(fam: str, targets: list[str], group: str | None, workers: int, d
 
     prepare_store()                         # a fresh store's tables, before two runs create them at once
     rc = _pool([[dvc, "--wait-for-lock", "repro", "--single-item", st] for st in members], workers,
-               {**(env or os.environ), "MEDOPS_TORCH_THREADS": str(threads)}, out, [_kind(st) for st in members])
+               {**(env or os.environ), "MEDOPS_TORCH_THREADS": str(threads),
+                                  "MEDOPS_PARALLEL_STAGES": str(workers)}, out, [_kind(st) for st in members])
     return rc or _stream([dvc, "repro", *targets], env, out)
 
 

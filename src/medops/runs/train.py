@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -145,6 +146,14 @@ def _process_wall_s() -> float:
     return round(time.time() - psutil.Process().create_time(), 1)
 
 
+def _at_once() -> int:
+    """How many ablation stages `medops run` is running side by side (``MEDOPS_PARALLEL_STAGES``; 1 if unset)."""
+    try:
+        return max(1, int(os.environ.get("MEDOPS_PARALLEL_STAGES", "1")))
+    except ValueError:
+        return 1
+
+
 def _position(family: str, fcfg, p, cell: str | None, seed: int | None) -> str:
     """The stage's line for a person following the run: which family and step, and for an ablation cell its
     place among the ablation's runs with the time left estimated from the runs finished so far."""
@@ -166,9 +175,12 @@ def _position(family: str, fcfg, p, cell: str | None, seed: int | None) -> str:
     left = len(runs) - done
     gaps = sorted(b - a for a, b in zip(sorted(ends), sorted(ends)[1:]))
     # the median time between finished runs counts what a run's own clock cannot (DVC's work between
-    # stages) and ignores a pause (an ablation resumed days later); its own wall time until there are gaps
-    per_run = gaps[(len(gaps) - 1) // 2] if len(gaps) >= 2 else (sum(walls) / len(walls) if walls else None)
-    eta = f"; about {left * per_run / 60:.0f} min left ({per_run:.0f} s per run so far)" if per_run else ""
+    # stages, and runs finishing side by side) and ignores a pause (an ablation resumed days later); until
+    # there are gaps, the runs' own clocks shared among the stages `medops run` runs at once
+    at_once = _at_once()
+    per_run = gaps[(len(gaps) - 1) // 2] if len(gaps) >= 2 else (sum(walls) / len(walls) / at_once if walls else None)
+    eta = f"; about {left * per_run / 60:.0f} min left ({per_run:.0f} s per run so far" + \
+        (f", {at_once} at a time)" if at_once > 1 else ")") if per_run else ""
     return f"[{family}] ablation {done + 1}/{len(runs)}: {cell}, seed {seed}{eta}"
 
 
