@@ -104,6 +104,7 @@ def test_a_missing_figure_is_named_on_the_page_not_shown_broken(tmp_path):
 def test_an_ablation_stage_says_its_place_and_the_time_left(tmp_path, smoke_cfg, monkeypatch):
     """Each cell's stage prints `[family] ablation i/N: cell, seed s` and, once runs have finished, the time
     left estimated from their mean wall time."""
+    import os
     from types import SimpleNamespace
 
     from medops import layout
@@ -127,11 +128,20 @@ def test_an_ablation_stage_says_its_place_and_the_time_left(tmp_path, smoke_cfg,
     monkeypatch.setenv("MEDOPS_PARALLEL_STAGES", "2")
     line = _position("fusion_seg", fcfg, p, cells[1], seeds[0])
     assert line.endswith(f"about {left / 2:.0f} min left (30 s per run so far, 2 at a time)"), line
+    # side by side, runs finish two at a time: 8 s apart, then 150 s later the next two - 75 s a run, not 8
+    more = [(c, s) for c in cells[2:] for s in seeds][:4]
+    for (c, s), t in zip([(cells[0], seeds[0]), (cells[0], seeds[1])] + more, (0, 8, 150, 158, 300, 308)):
+        d = layout.cell_dir("fusion_seg", c, s)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "status.json").write_text(json.dumps({"status": "finished", "wall_s": 150.0}))
+        os.utime(d / "status.json", (1000.0 + t, 1000.0 + t))
+    line = _position("fusion_seg", fcfg, p, cells[1], seeds[0])
+    assert line.endswith(f"about {(n - 6) * 75 / 60:.0f} min left (75 s per run so far, 2 at a time)"), line
+    for c, s in more:
+        (layout.cell_dir("fusion_seg", c, s) / "status.json").unlink()
     monkeypatch.delenv("MEDOPS_PARALLEL_STAGES")
     # with three runs done, the median time between their ends (DVC's work between stages included; a pause
     # of a day between two of them ignored) replaces the runs' own clocks
-    import os
-
     d = layout.cell_dir("fusion_seg", cells[0], seeds[2])
     d.mkdir(parents=True)
     (d / "status.json").write_text(json.dumps({"status": "finished", "wall_s": 10.0}))

@@ -173,11 +173,12 @@ def _position(family: str, fcfg, p, cell: str | None, seed: int | None) -> str:
             if w:
                 walls.append(float(w))
     left = len(runs) - done
-    gaps = sorted(b - a for a, b in zip(sorted(ends), sorted(ends)[1:]))
     # the median time between finished runs counts what a run's own clock cannot (DVC's work between
-    # stages, and runs finishing side by side) and ignores a pause (an ablation resumed days later); until
-    # there are gaps, the runs' own clocks shared among the stages `medops run` runs at once
-    at_once = _at_once()
+    # stages) and ignores a pause (an ablation resumed days later); with k stages side by side (`medops run`)
+    # runs finish in bunches, so it is the time for k more runs to finish, / k. Until there are two such
+    # spans, the runs' own clocks, shared among the k.
+    at_once, ends = _at_once(), sorted(ends)
+    gaps = sorted((b - a) / at_once for a, b in zip(ends, ends[at_once:]))
     per_run = gaps[(len(gaps) - 1) // 2] if len(gaps) >= 2 else (sum(walls) / len(walls) / at_once if walls else None)
     eta = f"; about {left * per_run / 60:.0f} min left ({per_run:.0f} s per run so far" + \
         (f", {at_once} at a time)" if at_once > 1 else ")") if per_run else ""
