@@ -180,8 +180,8 @@ def _position(family: str, fcfg, p, cell: str | None, seed: int | None) -> str:
     at_once, ends = _at_once(), sorted(ends)
     gaps = sorted((b - a) / at_once for a, b in zip(ends, ends[at_once:]))
     per_run = gaps[(len(gaps) - 1) // 2] if len(gaps) >= 2 else (sum(walls) / len(walls) / at_once if walls else None)
-    eta = f"; about {left * per_run / 60:.0f} min left ({per_run:.0f} s per run so far" + \
-        (f", {at_once} at a time)" if at_once > 1 else ")") if per_run else ""
+    side = f", {at_once} at a time" if at_once > 1 else ""
+    eta = f"; about {left * per_run / 60:.0f} min left ({per_run:.0f} s per run so far{side})" if per_run else ""
     return f"[{family}] ablation {done + 1}/{len(runs)}: {cell}, seed {seed}{eta}"
 
 
