@@ -259,6 +259,9 @@ def test_an_ablations_stages_run_several_at_a_time_with_the_same_result_and_a_fa
     lock = (proj / "dvc.lock").read_text()
     assert all(f"abl@{c}-{s}:" in lock for c in "abc" for s in (1, 2))
     assert "6 stages of abl 2 at a time" in "".join(out)
+    ph = json.loads((proj / "reports/run.json").read_text())["families"]["fusion_seg"]["phases"]
+    assert set(ph) == {"before_group_s", "group_s", "after_group_s"}      # where the family's time went
+    assert ph["group_s"] >= 3 and ph["before_group_s"] < ph["group_s"]      # six 1-s stages, two at a time
 
 
 def test_the_pool_runs_one_of_each_cell_first_then_the_dearest_cells_first(tmp_path):

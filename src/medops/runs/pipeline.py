@@ -222,9 +222,12 @@ def _pool(cmds: list[list[str]], workers: int, env, out: _Out, kinds: list[str] 
     return failed[0] if failed else 0
 
 
-def _run_family(fam: str, targets: list[str], group: str | None, workers: int, dvc: str, env, out: _Out) -> int:
+def _run_family(fam: str, targets: list[str], group: str | None, workers: int, dvc: str, env, out: _Out,
+                phases: dict | None = None) -> int:
     """``dvc repro`` of one family's targets; with a parallel ``group``: first the stages the group needs, then
-    the group's stages ``workers`` at a time (each with its share of the cores), then the targets."""
+    the group's stages ``workers`` at a time (each with its share of the cores), then the targets. ``phases``
+    gets the seconds of each of the three (``before_group_s``, ``group_s``, ``after_group_s``)."""
+    phases = {} if phases is None else phases
     if not group:
         return _stream([dvc, "repro", *targets], env, out)
     try:
@@ -235,16 +238,25 @@ def _run_family(fam: str, targets: list[str], group: str | None, workers: int, d
     threads = _threads_each(workers)
     out(f"[{fam}] {len(members)} stages of {group} {workers} at a time ({threads} torch thread(s) each), "
         f"after {len(before)} they need\n")
+    t0 = time.perf_counter()
     rc = _stream([dvc, "repro", *before], env, out) if before else 0
+    phases["before_group_s"] = round(time.perf_counter() - t0, 1)
     if rc:
         return rc
     from medops.tracking.mlflow_run import prepare_store
 
+    t0 = time.perf_counter()
     prepare_store()                         # a fresh store's tables, before two runs create them at once
     rc = _pool([[dvc, "--wait-for-lock", "repro", "--single-item", st] for st in members], workers,
                {**(env or os.environ), "MEDOPS_TORCH_THREADS": str(threads),
                                   "MEDOPS_PARALLEL_STAGES": str(workers)}, out, [_kind(st) for st in members])
-    return rc or _stream([dvc, "repro", *targets], env, out)
+    phases["group_s"] = round(time.perf_counter() - t0, 1)
+    if rc:
+        return rc
+    t0 = time.perf_counter()
+    rc = _stream([dvc, "repro", *targets], env, out)
+    phases["after_group_s"] = round(time.perf_counter() - t0, 1)
+    return rc
 
 
 def _run_families(cfg, families, targets, echo, dvc, env, workers: int = 1, groups: dict | None = None) -> dict:
@@ -263,11 +275,13 @@ def _run_families(cfg, families, targets, echo, dvc, env, workers: int = 1, grou
         log_file = logs / f"{fam}.log"
         t0 = time.perf_counter()
         lines: list[str] = []
+        phases: dict = {}
         with open(log_file, "w") as log:
             out = _Out(echo, log, lines)
-            rc = _run_family(fam, targets[fam], groups.get(fam) if workers > 1 else None, workers, dvc, env, out)
+            rc = _run_family(fam, targets[fam], groups.get(fam) if workers > 1 else None, workers, dvc, env, out,
+                             phases)
         rec = {"status": "ok" if rc == 0 else "failed", "wall_s": round(time.perf_counter() - t0, 1),
-               "targets": targets[fam], "log_file": str(log_file)}
+               "targets": targets[fam], "log_file": str(log_file), **({"phases": phases} if phases else {})}
         if rc:
             rec.update(reason=_reason(lines, rc), log="".join(lines[-40:]))
         run["families"][fam] = rec
