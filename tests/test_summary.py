@@ -198,6 +198,13 @@ PAR_DVC = """stages:
       - run.sh
     outs:
       - out/${item.cell}-${item.seed}
+  train:
+    cmd: sh run.sh main 0
+    deps:
+      - data/x.txt
+      - run.sh
+    outs:
+      - out/main-0
   report:
     cmd: ls out > report.txt
     deps:
@@ -225,7 +232,7 @@ def test_an_ablations_stages_run_several_at_a_time_with_the_same_result_and_a_fa
     to reproduce. A stage that fails stops the family before its report, with DVC's reason."""
     import dataclasses
 
-    from medops.runs.pipeline import _threads_each, plan_group, run_families
+    from medops.runs.pipeline import _threads_each, independent_of, plan_group, run_families
 
     script = ('mkdir -p out/$1-$2 && date +%s.%N > out/$1-$2/start && echo "$MEDOPS_TORCH_THREADS" > out/$1-$2/threads'
               ' && sleep 1 && date +%s.%N > out/$1-$2/end\n')
@@ -238,6 +245,7 @@ def test_an_ablations_stages_run_several_at_a_time_with_the_same_result_and_a_fa
     monkeypatch.chdir(proj)
     before, members = plan_group("abl")
     assert before == ["prep"] and sorted(members) == [f"abl@{c}-{s}" for c in "abc" for s in (1, 2)]
+    assert independent_of("abl", ["report"]) == ["train"]       # the main model: beside the ablation
     out = []
     dvc = str(Path(sys.executable).parent / "dvc")
     res = run_families(cfg, ["fusion_seg"], echo=lambda *a, **k: out.append(" ".join(map(str, a))), dvc=dvc,
@@ -248,19 +256,24 @@ def test_an_ablations_stages_run_several_at_a_time_with_the_same_result_and_a_fa
         assert "failed to reproduce" in rec["reason"] and "abl@b-1" in rec["reason"]
         assert not (proj / "report.txt").exists()
         return
-    assert rec["status"] == "ok", rec
+    assert rec["status"] == "ok", (rec, "".join(out)[-3000:])
     runs = sorted(d for d in (proj / "out").iterdir() if d.is_dir())
-    assert len(runs) == 6 and (proj / "report.txt").read_text().split() == [r.name for r in runs]
+    assert len(runs) == 7 and (proj / "report.txt").read_text().split() == [r.name for r in runs]
     assert {(r / "threads").read_text().strip() for r in runs} == {str(_threads_each(2))}
-    spans = sorted((float((r / "start").read_text()), float((r / "end").read_text())) for r in runs)
+    span = {r.name: (float((r / "start").read_text()), float((r / "end").read_text())) for r in runs}
+    spans = sorted(span.values())
     assert any(b[0] < a[1] for a, b in zip(spans, spans[1:]))          # two stages ran at the same time
+    main = span.pop("main-0")
+    assert main <= spans[1]                                # the main model was one of the first two ...
+    assert sum(s[0] < main[1] for s in span.values()) >= 1           # ... with the ablation beside it
     status = subprocess.run([dvc, "status"], cwd=proj, capture_output=True, text=True)
     assert status.returncode == 0 and "changed" not in status.stdout, status.stdout
     lock = (proj / "dvc.lock").read_text()
-    assert all(f"abl@{c}-{s}:" in lock for c in "abc" for s in (1, 2))
-    assert "6 stages of abl 2 at a time" in "".join(out)
+    assert all(f"abl@{c}-{s}:" in lock for c in "abc" for s in (1, 2)) and "train:" in lock
+    assert "6 stages of abl 2 at a time" in "".join(out) and "beside them train" in "".join(out)
     ph = json.loads((proj / "reports/run.json").read_text())["families"]["fusion_seg"]["phases"]
-    assert set(ph) == {"before_group_s", "group_s", "after_group_s"}      # where the family's time went
+    assert set(ph) == {"before_group_s", "group_s", "beside_group_s", "after_group_s"}  # where the time went
+    assert ph["beside_group_s"] >= 1
     assert ph["group_s"] >= 3 and ph["before_group_s"] < ph["group_s"]      # six 1-s stages, two at a time
 
 

@@ -8,8 +8,10 @@ whether all of them succeeded. Which stages make up a family's run is data: ``or
 time, but an ablation's stages (``orchestration.parallel_stages``: a matrix stage) are independent of one
 another. With N > 1 a family runs in three steps: ``dvc repro`` of the stages the group needs (read from DVC's
 own graph), the group's stages N at a time (``dvc --wait-for-lock repro --single-item``: DVC releases its repo
-lock while a stage's command runs, and takes it again to record the stage in ``dvc.lock``), then ``dvc repro``
-of the family's targets, which finds the group up to date. Each of the N commands gets ``MEDOPS_TORCH_THREADS``
+lock while a stage's command runs, and takes it again to record the stage in ``dvc.lock``) — beside them, as
+one more job started first, the stages the targets need that are independent of the group (the main model's
+training and evaluation: ``independent_of``) —, then ``dvc repro`` of the family's targets, which finds all of
+those up to date and runs what needs the group (the ablation's report, the promotion). Each of the N commands gets ``MEDOPS_TORCH_THREADS``
 = cores / N: on 2 cores two one-thread trainings do more work per second than one two-thread training,
 and one's DVC bookkeeping overlaps the other's training (``benchmarks/parallel_stages.py``). The result — the
 stages run, ``dvc.lock``, runs and models — is the same as with N = 1.
@@ -81,6 +83,28 @@ def plan_group(group: str, root: str | Path = ".") -> tuple[list[str], list[str]
     except Exception as exc:   # noqa: BLE001 - DVC's own error, named with the setting that led to it
         raise ConfigError("params.yaml:orchestration.parallel_stages", f"{group!r}: {exc}",
                           "name a matrix stage of the family's dvc.yaml (e.g. <path>/dvc.yaml:<stage>)") from exc
+
+
+def independent_of(group: str, targets: list[str], root: str | Path = ".") -> list[str]:
+    """The stages the family's ``targets`` need that neither need the ``group`` nor are needed by it (the main
+    model's training and evaluation, beside the ablation), in an order DVC can run them; from DVC's graph."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(root)) as repo:
+            graph = repo.index.graph                 # an edge runs from a stage to a stage it depends on
+            members = set(repo.stage.collect(group))
+            upstream = {u for st in members for u in graph.successors(st)} - members
+            done = upstream.union(*(nx.descendants(graph, u) for u in upstream))
+            needs_group = set().union(*(nx.ancestors(graph, m) for m in members))
+            wanted = {st for t in targets for st in repo.stage.collect(t)}
+            wanted |= set().union(*(nx.descendants(graph, st) for st in wanted))
+            side = wanted - done - members - needs_group
+            return [st.addressing for st in reversed(list(nx.topological_sort(graph.subgraph(side))))]
+    except Exception as exc:   # noqa: BLE001 - DVC's own error, named with the setting that led to it
+        raise ConfigError("params.yaml:orchestration.run_targets", f"{targets!r} beside {group!r}: {exc}",
+                          "list DVC stages of the family's dvc.yaml (e.g. <path>/dvc.yaml:<stage>)") from exc
 
 
 def _threads_each(workers: int) -> int:
@@ -192,12 +216,14 @@ def _next(todo: list[tuple[str, list[str]]], cost: dict[str, float]) -> int:
     return max(range(len(todo)), key=lambda i: (cost[todo[i][0]], -i))
 
 
-def _pool(cmds: list[list[str]], workers: int, env, out: _Out, kinds: list[str] | None = None) -> int:
+def _pool(cmds: list, workers: int, env, out: _Out, kinds: list[str] | None = None,
+          cost: dict[str, float] | None = None) -> int:
     """Run ``cmds`` ``workers`` at a time, in the order of ``_next`` over their ``kinds`` (default: all one
-    kind, in order); after a failure no new one starts (those running finish). Returns the first non-zero exit
-    status, else 0."""
+    kind, in order); a tuple of commands is one job, run one after the other until one fails. After a failure
+    no new job starts (those running finish). Returns the first non-zero exit status, else 0; ``cost`` gets
+    each kind's longest time."""
     todo = list(zip(kinds or [""] * len(cmds), cmds))
-    cost: dict[str, float] = {}
+    cost = {} if cost is None else cost
     failed, lock = [], threading.Lock()
 
     def worker():
@@ -207,8 +233,9 @@ def _pool(cmds: list[list[str]], workers: int, env, out: _Out, kinds: list[str] 
                     return
                 kind, cmd = todo.pop(_next(todo, cost))
                 cost.setdefault(kind, 0.0)     # started: its cost is being measured
-            t0 = time.perf_counter()
-            rc = _stream(cmd, env, out)
+            t0, rc = time.perf_counter(), 0
+            for c in cmd if isinstance(cmd, tuple) else (cmd,):
+                rc = rc or _stream(c, env, out)
             with lock:
                 cost[kind] = max(cost[kind], time.perf_counter() - t0)
                 if rc:
@@ -232,12 +259,13 @@ def _run_family(fam: str, targets: list[str], group: str | None, workers: int, d
         return _stream([dvc, "repro", *targets], env, out)
     try:
         before, members = plan_group(group)
+        side = independent_of(group, targets)
     except ConfigError as exc:
         out(f"error: {exc}\n")
         return 2
     threads = _threads_each(workers)
     out(f"[{fam}] {len(members)} stages of {group} {workers} at a time ({threads} torch thread(s) each), "
-        f"after {len(before)} they need\n")
+        f"after {len(before)} they need" + (f"; beside them {', '.join(side)}" if side else "") + "\n")
     t0 = time.perf_counter()
     rc = _stream([dvc, "repro", *before], env, out) if before else 0
     phases["before_group_s"] = round(time.perf_counter() - t0, 1)
@@ -247,10 +275,16 @@ def _run_family(fam: str, targets: list[str], group: str | None, workers: int, d
 
     t0 = time.perf_counter()
     prepare_store()                         # a fresh store's tables, before two runs create them at once
-    rc = _pool([[dvc, "--wait-for-lock", "repro", "--single-item", st] for st in members], workers,
-               {**(env or os.environ), "MEDOPS_TORCH_THREADS": str(threads),
-                                  "MEDOPS_PARALLEL_STAGES": str(workers)}, out, [_kind(st) for st in members])
+    # the stages beside the group (the main model) are one job, started first: the longest one
+    jobs = ([tuple([dvc, "--wait-for-lock", "repro", "--single-item", st] for st in side)] if side else []) + \
+        [[dvc, "--wait-for-lock", "repro", "--single-item", st] for st in members]
+    cost: dict[str, float] = {}
+    rc = _pool(jobs, workers, {**(env or os.environ), "MEDOPS_TORCH_THREADS": str(threads),
+                               "MEDOPS_PARALLEL_STAGES": str(workers)},
+               out, (["beside"] if side else []) + [_kind(st) for st in members], cost)
     phases["group_s"] = round(time.perf_counter() - t0, 1)
+    if side and "beside" in cost:
+        phases["beside_group_s"] = round(cost["beside"], 1)
     if rc:
         return rc
     t0 = time.perf_counter()
