@@ -36,6 +36,24 @@ def copy_project(dst: Path) -> Path:
     return dst
 
 
+def fresh_project(prefix: str, profile: str) -> tuple[Path, dict]:
+    """A fresh copy of the committed project in a temp folder (``<tmp>/medops``), made a git repository and set to
+    ``profile``, and the environment to run its commands in: this venv's ``bin`` first, the copy's own ``src``
+    imported (editing the working tree meanwhile does not change what is timed), no outside MLflow server."""
+    import os
+    import subprocess
+    import sys
+
+    dst = Path(tempfile.mkdtemp(prefix=prefix)) / "medops"
+    copy_project(dst)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(dst / "src"),
+           "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@x", "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@x"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    subprocess.run("git init -q && git add -A && git commit -qm b", cwd=dst, shell=True, check=True, env=env)
+    subprocess.run(["medops", "profile", profile], cwd=dst, check=True, env=env, capture_output=True)
+    return dst, env
+
+
 def save(name: str, result: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))

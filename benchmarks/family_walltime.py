@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from _common import RESULTS, copy_project, save
+from _common import RESULTS, fresh_project, save
 
 
 def _numbers(d: dict) -> dict:
@@ -32,13 +29,7 @@ def _numbers(d: dict) -> dict:
 
 
 def main(family: str, profile: str = "quick") -> dict:
-    dst = Path(tempfile.mkdtemp(prefix=f"medops-{family}-wall-")) / "medops"
-    copy_project(dst)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(dst / "src"),
-           "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@x", "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@x"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    subprocess.run("git init -q && git add -A && git commit -qm b", cwd=dst, shell=True, check=True, env=env)
-    subprocess.run(["medops", "profile", profile], cwd=dst, check=True, env=env, capture_output=True)
+    dst, env = fresh_project(f"medops-{family}-wall-", profile)
     t0 = time.perf_counter()
     r = subprocess.run(["medops", "run", "--family", family], cwd=dst, env=env, capture_output=True, text=True)
     command_s = round(time.perf_counter() - t0, 1)

@@ -10,26 +10,17 @@ under benchmarks/results/.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from _common import RESULTS, copy_project, save
+from _common import RESULTS, fresh_project, save
 
 
 def main(profile: str = "quick") -> dict:
-    dst = Path(tempfile.mkdtemp(prefix="medops-n3d-wall-")) / "medops"
-    copy_project(dst)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(dst / "src"),
-           "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@x", "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@x"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    subprocess.run("git init -q && git add -A && git commit -qm b", cwd=dst, shell=True, check=True, env=env)
-    subprocess.run(["medops", "profile", profile], cwd=dst, check=True, env=env, capture_output=True)
+    dst, env = fresh_project("medops-n3d-wall-", profile)
     phases, log = {}, []
     for name, target in (("data", "n3d_preprocess"), ("main_model", "nodule3d_evaluate"),
                          ("ablation_report_promote", "n3d_promote")):

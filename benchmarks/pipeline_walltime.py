@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from _common import RESULTS, copy_project, save
+from _common import RESULTS, fresh_project, save
 
 
 def main(profile: str = "smoke") -> dict:
-    dst = Path(tempfile.mkdtemp(prefix="medops-wall-")) / "medops"
-    copy_project(dst)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@x", "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@x"}
-    subprocess.run("git init -q && git add -A && git commit -qm b", cwd=dst, shell=True, check=True, env=env)
-    subprocess.run(["medops", "profile", profile], cwd=dst, check=True, env=env, capture_output=True)
+    dst, env = fresh_project("medops-wall-", profile)
     t0 = time.perf_counter()
     subprocess.run(["dvc", "repro", "evaluate"], cwd=dst, check=True, env=env, capture_output=True)
     wall = time.perf_counter() - t0
