@@ -3,8 +3,8 @@ ablation's runs two at a time, longest cells first, the main model's training an
 for one profile in a fresh copy of the project, split into: data (the stages the ablation needs), the
 ablation's runs with the main model beside them, and after them (ablation report, promotion). "Without the
 ablation" is data + the main model's training and evaluation as timed beside the ablation (one core of two,
-the other busy: an upper bound of `dvc repro <family>_evaluate` on its own). The machine reference (`reports/run.json` -> machine) is kept with the numbers: compare runs
-only with similar references. The copy imports its own ``src`` (PYTHONPATH), so editing the working tree
+the other busy: an upper bound of `dvc repro <family>_evaluate` on its own). The machine reference
+(`reports/run.json` -> machine) is kept with the numbers: compare runs only with similar references. The copy imports its own ``src`` (PYTHONPATH), so editing the working tree
 meanwhile does not change what is timed. Results go to benchmarks/results/family_walltime_<family>_<profile>.json.
 
     python benchmarks/family_walltime.py nodule3d quick

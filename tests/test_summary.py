@@ -232,7 +232,7 @@ def test_an_ablations_stages_run_several_at_a_time_with_the_same_result_and_a_fa
     to reproduce. A stage that fails stops the family before its report, with DVC's reason."""
     import dataclasses
 
-    from medops.runs.pipeline import _threads_each, independent_of, plan_group, run_families
+    from medops.runs.pipeline import _threads_each, plan_group, run_families
 
     script = ('mkdir -p out/$1-$2 && date +%s.%N > out/$1-$2/start && echo "$MEDOPS_TORCH_THREADS" > out/$1-$2/threads'
               ' && sleep 1 && date +%s.%N > out/$1-$2/end\n')
@@ -243,9 +243,9 @@ def test_an_ablations_stages_run_several_at_a_time_with_the_same_result_and_a_fa
     raw["orchestration"].update(run_targets={"fusion_seg": ["report"]}, parallel_stages={"fusion_seg": "abl"})
     cfg = dataclasses.replace(smoke_cfg, raw=raw)
     monkeypatch.chdir(proj)
-    before, members = plan_group("abl")
+    before, members, side = plan_group("abl", ["report"])
     assert before == ["prep"] and sorted(members) == [f"abl@{c}-{s}" for c in "abc" for s in (1, 2)]
-    assert independent_of("abl", ["report"]) == ["train"]       # the main model: beside the ablation
+    assert side == ["train"]                                    # the main model: beside the ablation
     out = []
     dvc = str(Path(sys.executable).parent / "dvc")
     res = run_families(cfg, ["fusion_seg"], echo=lambda *a, **k: out.append(" ".join(map(str, a))), dvc=dvc,

@@ -10,11 +10,11 @@ another. With N > 1 a family runs in three steps: ``dvc repro`` of the stages th
 own graph), the group's stages N at a time (``dvc --wait-for-lock repro --single-item``: DVC releases its repo
 lock while a stage's command runs, and takes it again to record the stage in ``dvc.lock``) — beside them, as
 one more job started first, the stages the targets need that are independent of the group (the main model's
-training and evaluation: ``independent_of``) —, then ``dvc repro`` of the family's targets, which finds all of
-those up to date and runs what needs the group (the ablation's report, the promotion). Each of the N commands gets ``MEDOPS_TORCH_THREADS``
-= cores / N: on 2 cores two one-thread trainings do more work per second than one two-thread training,
-and one's DVC bookkeeping overlaps the other's training (``benchmarks/parallel_stages.py``). The result — the
-stages run, ``dvc.lock``, runs and models — is the same as with N = 1.
+training and evaluation: ``plan_group``) —, then ``dvc repro`` of the family's targets, which finds all of
+those up to date and runs what needs the group (the ablation's report, the promotion). Each of the N commands
+gets ``MEDOPS_TORCH_THREADS`` = cores / N: on 2 cores two one-thread trainings do more work per second than one
+two-thread training, and one's DVC bookkeeping overlaps the other's training (``benchmarks/parallel_stages.py``).
+The result — the stages run, ``dvc.lock``, runs and models — is the same as with N = 1.
 """
 
 from __future__ import annotations
@@ -69,42 +69,34 @@ def parallel_settings(cfg, workers: int | None = None) -> tuple[int, dict[str, s
     return n, {str(k): str(v) for k, v in groups.items()}
 
 
-def plan_group(group: str, root: str | Path = ".") -> tuple[list[str], list[str]]:
-    """(the stages ``group``'s stages depend on, outside the group; the group's stages) from DVC's graph."""
-    from dvc.repo import Repo
-
-    try:
-        with Repo(str(root)) as repo:
-            stages = list(repo.stage.collect(group))
-            graph = repo.index.graph
-            members = set(stages)
-            upstream = {u for st in stages for u in graph.successors(st)} - members
-            return sorted(u.addressing for u in upstream), [st.addressing for st in stages]
-    except Exception as exc:   # noqa: BLE001 - DVC's own error, named with the setting that led to it
-        raise ConfigError("params.yaml:orchestration.parallel_stages", f"{group!r}: {exc}",
-                          "name a matrix stage of the family's dvc.yaml (e.g. <path>/dvc.yaml:<stage>)") from exc
-
-
-def independent_of(group: str, targets: list[str], root: str | Path = ".") -> list[str]:
-    """The stages the family's ``targets`` need that neither need the ``group`` nor are needed by it (the main
-    model's training and evaluation, beside the ablation), in an order DVC can run them; from DVC's graph."""
+def plan_group(group: str, targets: list[str] = (), root: str | Path = ".") -> tuple[list[str], list[str], list[str]]:
+    """From DVC's graph (one read of it): the stages ``group``'s stages depend on, outside the group; the group's
+    stages; and the stages the family's ``targets`` need that neither need the group nor are needed by it (the
+    main model's training and evaluation, run beside the ablation), in an order DVC can run them."""
     import networkx as nx
     from dvc.repo import Repo
 
     try:
         with Repo(str(root)) as repo:
             graph = repo.index.graph                 # an edge runs from a stage to a stage it depends on
-            members = set(repo.stage.collect(group))
-            upstream = {u for st in members for u in graph.successors(st)} - members
+            members = list(repo.stage.collect(group))
+            upstream = {u for st in members for u in graph.successors(st)} - set(members)
+            try:
+                wanted = {st for t in targets for st in repo.stage.collect(t)}
+            except Exception as exc:   # noqa: BLE001 - DVC's own error, named with the setting that led to it
+                raise ConfigError("params.yaml:orchestration.run_targets", f"{list(targets)!r}: {exc}",
+                                  "list DVC stages of the family's dvc.yaml (e.g. <path>/dvc.yaml:<stage>)") from exc
             done = upstream.union(*(nx.descendants(graph, u) for u in upstream))
             needs_group = set().union(*(nx.ancestors(graph, m) for m in members))
-            wanted = {st for t in targets for st in repo.stage.collect(t)}
             wanted |= set().union(*(nx.descendants(graph, st) for st in wanted))
-            side = wanted - done - members - needs_group
-            return [st.addressing for st in reversed(list(nx.topological_sort(graph.subgraph(side))))]
+            side = wanted - done - set(members) - needs_group
+            return (sorted(u.addressing for u in upstream), [st.addressing for st in members],
+                    [st.addressing for st in reversed(list(nx.topological_sort(graph.subgraph(side))))])
+    except ConfigError:
+        raise
     except Exception as exc:   # noqa: BLE001 - DVC's own error, named with the setting that led to it
-        raise ConfigError("params.yaml:orchestration.run_targets", f"{targets!r} beside {group!r}: {exc}",
-                          "list DVC stages of the family's dvc.yaml (e.g. <path>/dvc.yaml:<stage>)") from exc
+        raise ConfigError("params.yaml:orchestration.parallel_stages", f"{group!r}: {exc}",
+                          "name a matrix stage of the family's dvc.yaml (e.g. <path>/dvc.yaml:<stage>)") from exc
 
 
 def _threads_each(workers: int) -> int:
@@ -252,14 +244,14 @@ def _pool(cmds: list, workers: int, env, out: _Out, kinds: list[str] | None = No
 def _run_family(fam: str, targets: list[str], group: str | None, workers: int, dvc: str, env, out: _Out,
                 phases: dict | None = None) -> int:
     """``dvc repro`` of one family's targets; with a parallel ``group``: first the stages the group needs, then
-    the group's stages ``workers`` at a time (each with its share of the cores), then the targets. ``phases``
-    gets the seconds of each of the three (``before_group_s``, ``group_s``, ``after_group_s``)."""
+    the group's stages ``workers`` at a time (each with its share of the cores) with the stages independent of
+    the group beside them, then the targets. ``phases`` gets the seconds of each of the three steps
+    (``before_group_s``, ``group_s``, ``after_group_s``) and of the stages beside the group (``beside_group_s``)."""
     phases = {} if phases is None else phases
     if not group:
         return _stream([dvc, "repro", *targets], env, out)
     try:
-        before, members = plan_group(group)
-        side = independent_of(group, targets)
+        before, members, side = plan_group(group, targets)
     except ConfigError as exc:
         out(f"error: {exc}\n")
         return 2
@@ -283,7 +275,7 @@ def _run_family(fam: str, targets: list[str], group: str | None, workers: int, d
                                "MEDOPS_PARALLEL_STAGES": str(workers)},
                out, (["beside"] if side else []) + [_kind(st) for st in members], cost)
     phases["group_s"] = round(time.perf_counter() - t0, 1)
-    if side and "beside" in cost:
+    if "beside" in cost:
         phases["beside_group_s"] = round(cost["beside"], 1)
     if rc:
         return rc
